@@ -1,0 +1,127 @@
+"""The `vitalstream` command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from vitalstream.settings import Settings, get_settings
+
+console = Console(stderr=True, highlight=False)
+
+
+def _stack(args: argparse.Namespace, settings: Settings) -> int:
+    from vitalstream.stack import manager
+    from vitalstream.stack.process import StackError
+
+    if args.action == "up":
+        console.print(f"[bold]Bringing the local stack up[/] (data and logs in {settings.stack_dir.resolve()})")
+        try:
+            manager.up(settings, log=console.print)
+        except StackError as exc:
+            console.print(f"[red]✗ {exc}[/]")
+            return 1
+        console.print("[bold green]Stack is up.[/] `vitalstream stack status` to check, `vitalstream stack down` to stop.")
+        return 0
+    if args.action == "down":
+        stopped = manager.down(settings, log=console.print)
+        console.print("stack down" + ("" if stopped else " (nothing of ours was running)"))
+        return 0
+    if args.action == "status":
+        statuses = manager.status(settings)
+        if args.json:
+            print(json.dumps(manager.as_json(statuses), indent=2))
+        else:
+            for st in statuses.values():
+                mark = "[green]healthy[/]" if st.healthy else "[red]down[/]"
+                who = f"pid {st.pid}" if st.managed else ("external" if st.healthy else "-")
+                console.print(f"  {st.name:<9} {mark:<22} {st.url:<42} {who}")
+        return 0 if all(st.healthy for st in statuses.values()) else 1
+    if args.action == "logs":
+        logs = settings.stack_dir / "logs"
+        names = [args.service] if args.service else sorted(p.stem for p in logs.glob("*.log"))
+        paths = [logs / f"{n}.log" for n in names]
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing:
+            console.print(f"[red]no log at {', '.join(missing)}[/]")
+            return 1
+        cmd = ["tail", "-n", str(args.lines), *(["-F"] if args.follow else []), *map(str, paths)]
+        return subprocess.call(cmd)
+    raise AssertionError(args.action)
+
+
+def _topics(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.topics import ensure_topics
+
+    for topic, state in ensure_topics(settings).items():
+        console.print(f"  {topic:<26} {state}")
+    return 0
+
+
+def _simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from simulator import cli as sim_cli
+
+    return sim_cli.run(args, settings)
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from vitalstream.demo import run_demo
+
+    return run_demo(args, settings)
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    # Same as `faust -A app worker`; kept here so one entry point runs everything.
+    os.execvp(sys.executable, [sys.executable, "-m", "faust", "-A", "app", "worker", "-l", args.loglevel])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vitalstream", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    stack = sub.add_parser("stack", help="run the local stack (Kafka, Redis, PostgreSQL, S3, MLflow)")
+    stack_sub = stack.add_subparsers(dest="action", required=True)
+    stack_sub.add_parser("up", help="start every service and wait until healthy (idempotent)")
+    stack_sub.add_parser("down", help="stop the services this stack started")
+    st = stack_sub.add_parser("status", help="health of each service")
+    st.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    lg = stack_sub.add_parser("logs", help="show service logs")
+    lg.add_argument("service", nargs="?", choices=["kafka", "redis", "postgres", "s3", "mlflow", "worker", "simulator"])
+    lg.add_argument("-n", "--lines", type=int, default=50)
+    lg.add_argument("-f", "--follow", action="store_true")
+    stack.set_defaults(func=_stack)
+
+    topics = sub.add_parser("topics", help="create the topics (idempotent)")
+    topics.set_defaults(func=_topics)
+
+    sim = sub.add_parser("simulate", help="generate a clinical-trial cohort and produce it to Kafka")
+    from simulator import cli as sim_cli
+
+    sim_cli.add_arguments(sim)
+    sim.set_defaults(func=_simulate)
+
+    worker = sub.add_parser("worker", help="run a stream worker (same as `faust -A app worker`)")
+    worker.add_argument("-l", "--loglevel", default="info")
+    worker.set_defaults(func=_worker)
+
+    demo = sub.add_parser("demo", help="stack up, worker, live simulator and a live view")
+    demo.add_argument("--patients", type=int, default=100)
+    demo.add_argument("--rate", type=float, default=None, help="total simulated records/s (default: real time)")
+    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args, get_settings())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

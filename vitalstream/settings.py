@@ -1,0 +1,112 @@
+"""The one settings object. Every value can be set with an env var prefixed VITALSTREAM_.
+
+Defaults point at the local stack that `vitalstream stack up` runs on 127.0.0.1.
+A URL left unset is derived from its port, so moving a port moves its URL.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VITALSTREAM_", env_file=".env", extra="ignore")
+
+    # --- local stack -------------------------------------------------------------
+    stack_dir: Path = Field(Path(".stack"), description="Data, logs and pid files of local services.")
+    cache_dir: Path = Field(Path.home() / ".cache" / "vitalstream", description="Downloaded Kafka jars etc.")
+    host: str = "127.0.0.1"
+
+    kafka_version: str = "3.9.1"
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    kafka_heap: str = "768m"
+    kafka_bootstrap: str | None = None  # host:port; derived from kafka_port when unset
+
+    redis_port: int = 6380
+    redis_url: str | None = None
+
+    postgres_port: int = 5433
+    postgres_user: str = "vitalstream"
+    postgres_password: SecretStr = SecretStr("vitalstream-local")
+    postgres_db: str = "vitalstream"  # predictions, audit
+    postgres_mlflow_db: str = "mlflow"
+    postgres_dsn: str | None = None  # predictions database DSN
+
+    s3_port: int = 9000
+    s3_endpoint_url: str | None = None  # None with an s3:// lake on AWS proper
+    s3_access_key_id: SecretStr = SecretStr("vitalstream")
+    s3_secret_access_key: SecretStr = SecretStr("vitalstream-local-secret")
+    s3_region: str = "us-east-1"
+    lake_uri: str = "s3://vitalstream-lake"  # or file:///abs/path
+
+    mlflow_port: int = 5000
+    mlflow_tracking_uri: str | None = None
+    mlflow_artifact_uri: str | None = None  # defaults to {lake_uri}/mlflow
+
+    # --- topics ------------------------------------------------------------------
+    topic_partitions: int = 4
+    topic_replication: int = 1
+    clinical_retention_ms: int = -1  # Kafka history is the source of truth: keep it
+    deadletter_retention_ms: int = 90 * 24 * 3600 * 1000
+    scores_retention_ms: int = 7 * 24 * 3600 * 1000
+
+    # --- worker ------------------------------------------------------------------
+    app_id: str = "vitalstream"
+    worker_port: int = 6066
+    metrics_port: int = 9108
+    table_store: str = "rocksdb://"
+    allowed_lateness_ms: int = 3_600_000
+    flush_max_rows: int = 5_000
+    flush_max_seconds: float = 2.0
+
+    # --- API ---------------------------------------------------------------------
+    api_port: int = 8000
+    api_keys: list[SecretStr] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _derive_urls(self) -> "Settings":
+        h = self.host
+        if self.kafka_bootstrap is None:
+            self.kafka_bootstrap = f"{h}:{self.kafka_port}"
+        if self.redis_url is None:
+            self.redis_url = f"redis://{h}:{self.redis_port}/0"
+        if self.postgres_dsn is None:
+            self.postgres_dsn = self.postgres_url(self.postgres_db)
+        if self.s3_endpoint_url is None and self.lake_uri.startswith("s3://"):
+            self.s3_endpoint_url = f"http://{h}:{self.s3_port}"
+        if self.mlflow_tracking_uri is None:
+            self.mlflow_tracking_uri = f"http://{h}:{self.mlflow_port}"
+        if self.mlflow_artifact_uri is None:
+            self.mlflow_artifact_uri = self.lake_uri.rstrip("/") + "/mlflow"
+        return self
+
+    def postgres_url(self, database: str) -> str:
+        pw = self.postgres_password.get_secret_value()
+        return f"postgresql://{self.postgres_user}:{pw}@{self.host}:{self.postgres_port}/{database}"
+
+    @property
+    def lake_bucket(self) -> str | None:
+        if not self.lake_uri.startswith("s3://"):
+            return None
+        return self.lake_uri[len("s3://"):].split("/", 1)[0]
+
+    def s3_env(self) -> dict[str, str]:
+        """Environment for tools (boto3, MLflow) that read S3 credentials from env."""
+        env = {
+            "AWS_ACCESS_KEY_ID": self.s3_access_key_id.get_secret_value(),
+            "AWS_SECRET_ACCESS_KEY": self.s3_secret_access_key.get_secret_value(),
+            "AWS_DEFAULT_REGION": self.s3_region,
+        }
+        if self.s3_endpoint_url:
+            env["MLFLOW_S3_ENDPOINT_URL"] = self.s3_endpoint_url
+            env["AWS_ENDPOINT_URL_S3"] = self.s3_endpoint_url
+        return env
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
