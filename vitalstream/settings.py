@@ -60,8 +60,11 @@ class Settings(BaseSettings):
     metrics_port: int = 9108
     table_store: str = "rocksdb://"
     allowed_lateness_ms: int = 3_600_000
-    flush_max_rows: int = 5_000
+    flush_max_rows: int = 5_000  # lake (bronze/silver/offline) flush: whichever comes first
     flush_max_seconds: float = 2.0
+    batch_max_events: int = 1_000  # micro-batch of the agent; Redis is written once per batch
+    batch_max_seconds: float = 0.05
+    worker_data_dir: Path | None = None  # RocksDB tables; default {stack_dir}/worker-data
 
     # --- API ---------------------------------------------------------------------
     api_port: int = 8000
@@ -80,6 +83,8 @@ class Settings(BaseSettings):
             self.s3_endpoint_url = f"http://{h}:{self.s3_port}"
         if self.mlflow_tracking_uri is None:
             self.mlflow_tracking_uri = f"http://{h}:{self.mlflow_port}"
+        if self.worker_data_dir is None:
+            self.worker_data_dir = self.stack_dir / "worker-data"
         if self.mlflow_artifact_uri is None:
             self.mlflow_artifact_uri = self.lake_uri.rstrip("/") + "/mlflow"
         return self

@@ -1,0 +1,25 @@
+"""Prometheus metrics of the stream worker (served over HTTP on VITALSTREAM_METRICS_PORT)."""
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS_IN = Counter("vitalstream_events_in_total", "Records consumed", ["topic"])
+EVENTS_OUT = Counter("vitalstream_events_out_total", "Records produced or written", ["sink"])
+REJECTED = Counter("vitalstream_rejected_total", "Records sent to the dead-letter topic", ["reason"])
+LATE_EVENTS = Counter("vitalstream_late_events_total", "Events later than the allowed lateness")
+DUPLICATES = Counter("vitalstream_duplicates_total", "Exact duplicates dropped", ["topic"])
+UNKNOWN_FIELDS = Counter("vitalstream_unknown_fields_total", "Unknown extra fields dropped by silver", ["topic"])
+IMPLAUSIBLE = Counter("vitalstream_implausible_values_total", "Implausible-but-possible values kept and flagged")
+FEATURE_UPDATES = Counter("vitalstream_feature_updates_total", "Feature vectors computed")
+REDELIVERED = Counter("vitalstream_redelivered_total", "Records a sink already held (redelivery after a crash)",
+                      ["sink"])
+UPDATE_LATENCY = Histogram(
+    "vitalstream_feature_update_latency_seconds",
+    "From a record's arrival in Kafka to its feature vector's Redis write",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+CONSUMER_LAG = Gauge("vitalstream_consumer_lag", "Highwater minus the last processed offset", ["topic", "partition"])
+FLUSH_ROWS = Histogram("vitalstream_flush_rows", "Rows per sink flush", ["sink"],
+                       buckets=(1, 10, 100, 500, 1000, 5000, 10000, 50000))
+FLUSH_SECONDS = Histogram("vitalstream_flush_seconds", "Duration of a sink flush", ["sink"],
+                          buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))

@@ -1,0 +1,156 @@
+"""One raw record in, everything downstream out: bronze, silver, features, online and offline stores.
+
+Plain Python with no Faust in it: the live Faust agent (agents/clinical.py) and the
+Kafka replay drive this same class, so live and replayed features cannot diverge.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from agents import metrics
+from sinks.bronze import BronzeSink
+from sinks.lake import Lake
+from sinks.offline import OfflineFeatureSink
+from sinks.online import OnlineStore
+from sinks.silver import SilverSink
+from streams import topics
+from streams.events import CleanAdverseEvent, CleanVitals
+from streams.validation import Accepted, Rejection, deadletter_record, validate_record
+from tables.state import FeatureEngine, FeatureUpdate, StateStore
+
+
+@dataclass(slots=True, frozen=True)
+class RawRecord:
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int  # Kafka record time (arrival)
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    key: bytes | None
+    value: bytes
+    reason: str
+
+
+@dataclass
+class FlushReport:
+    rows: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class Pipeline:
+    """Validate, deduplicate, standardize, enrich, featurize and sink clinical records."""
+
+    def __init__(self, *, lake: Lake, store: StateStore, online: OnlineStore | None,
+                 allowed_lateness_ms: int = 3_600_000, bronze: bool = True, silver: bool = True,
+                 offline: bool = True) -> None:
+        self.engine = FeatureEngine(store, allowed_lateness_ms=allowed_lateness_ms)
+        self.bronze = BronzeSink(lake) if bronze else None
+        self.silver = SilverSink(lake) if silver else None
+        self.offline = OfflineFeatureSink(lake) if offline else None
+        self.online = online
+        self._arrivals: list[int] = []  # Kafka timestamps of records whose vector awaits the Redis write
+
+    def process(self, rec: RawRecord) -> DeadLetter | None:
+        """Handle one record; returns the dead letter to produce, if it was rejected."""
+        t, p, o = rec.topic, rec.partition, rec.offset
+        metrics.EVENTS_IN.labels(t).inc()
+        if self.bronze is not None:
+            if self.bronze.accepts(t, p, o):
+                self.bronze.add_record(t, p, o, rec.timestamp_ms, rec.key, rec.value)
+                self.bronze.advance(t, p, o)
+            else:
+                metrics.REDELIVERED.labels("bronze").inc()
+        result = validate_record(t, rec.key, rec.value, rec.timestamp_ms)
+        dead = None
+        if isinstance(result, Rejection):
+            dead = self._reject(rec, result)
+        else:
+            dead = self._accept(rec, result)
+        for sink in (self.silver, self.offline):
+            if sink is not None:
+                sink.advance(t, p, o)
+        return dead
+
+    def _reject(self, rec: RawRecord, rejection: Rejection) -> DeadLetter:
+        metrics.REJECTED.labels(rejection.reason).inc()
+        if rejection.reason == "late_event":
+            metrics.LATE_EVENTS.inc()
+        value = deadletter_record(rejection, topic=rec.topic, partition=rec.partition, offset=rec.offset,
+                                  key=rec.key, value=rec.value, record_ts_ms=rec.timestamp_ms)
+        return DeadLetter(rec.key, value, rejection.reason)
+
+    def _accept(self, rec: RawRecord, accepted: Accepted) -> DeadLetter | None:
+        event = accepted.event
+        if accepted.extra_fields:
+            metrics.UNKNOWN_FIELDS.labels(rec.topic).inc(accepted.extra_fields)
+        if getattr(event, "flags", ()):
+            metrics.IMPLAUSIBLE.inc(len(event.flags))
+        update = None
+        if not isinstance(event, CleanAdverseEvent):  # adverse events are labels, not features
+            outcome = self.engine.process(event)
+            if outcome is not None and not isinstance(outcome, FeatureUpdate):  # an engine rejection
+                if outcome.reason == "duplicate":
+                    metrics.DUPLICATES.labels(rec.topic).inc()
+                    return None
+                return self._reject(rec, Rejection(outcome.reason, outcome.detail))
+            update = outcome
+        if self.silver is not None and self.silver.accepts(rec.topic, rec.partition, rec.offset):
+            self.silver.add_event(rec.topic, rec.partition, rec.offset, event)
+        if update is not None:
+            metrics.FEATURE_UPDATES.inc()
+            if self.offline is not None:
+                if self.offline.accepts(rec.topic, rec.partition, rec.offset):
+                    self.offline.add_row(rec.topic, rec.partition, rec.offset, update.patient_id, update.ts_ms,
+                                         update.event_id, update.values)
+                else:
+                    metrics.REDELIVERED.labels("offline").inc()
+            if self.online is not None:
+                self.online.add(update.patient_id, update.ts_ms, update.event_id, update.values)
+                self._arrivals.append(rec.timestamp_ms)
+        return None
+
+    # --- flushing ------------------------------------------------------------------------
+    @property
+    def lake_rows_buffered(self) -> int:
+        return sum(s.buffered_rows for s in (self.bronze, self.silver, self.offline) if s is not None)
+
+    def flush_online(self) -> int:
+        """Write the coalesced latest vectors to Redis (cheap: run it every micro-batch)."""
+        if self.online is None or not self.online.buffered:
+            return 0
+        t0 = time.perf_counter()
+        n = self.online.buffered
+        self.online.flush()
+        now_ms = time.time() * 1000
+        for arrived in self._arrivals:
+            metrics.UPDATE_LATENCY.observe(max(now_ms - arrived, 0) / 1000)
+        self._arrivals.clear()
+        metrics.FLUSH_ROWS.labels("redis").observe(n)
+        metrics.FLUSH_SECONDS.labels("redis").observe(time.perf_counter() - t0)
+        metrics.EVENTS_OUT.labels("redis").inc(n)
+        return n
+
+    def flush_lake(self) -> FlushReport:
+        """Write buffered bronze, silver and offline rows as objects, then their watermarks."""
+        report = FlushReport()
+        for name, sink in (("bronze", self.bronze), ("silver", self.silver), ("offline", self.offline)):
+            if sink is None:
+                continue
+            stats = sink.flush()
+            report.rows[name], report.seconds[name] = stats.rows, stats.seconds
+            if stats.rows:
+                metrics.FLUSH_ROWS.labels(name).observe(stats.rows)
+                metrics.FLUSH_SECONDS.labels(name).observe(stats.seconds)
+                metrics.EVENTS_OUT.labels(name).inc(stats.rows)
+        return report
+
+    def forget(self, tps: set[tuple[str, int]]) -> None:
+        for sink in (self.bronze, self.silver, self.offline):
+            if sink is not None:
+                sink.forget(tps)

@@ -1,0 +1,98 @@
+"""Online store: the latest feature vector per patient in a Redis hash.
+
+Key `patient:{patient_id}:features`; fields: every registry feature, `updated_at`
+(ISO-8601 UTC event time of the vector), `updated_at_ms`, `event_id` and
+`feature_version`. A Lua script makes each write conditional, so an older vector
+(a replay, a redelivery after a crash) never overwrites a newer one, and it
+refreshes the 48 h TTL on every write. Writes are coalesced to one per patient
+per flush and pipelined.
+"""
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from typing import Iterable, Sequence
+
+import numpy as np
+import redis
+
+from tables.features.registry import FEATURE_NAMES, FEATURE_VERSION
+
+TTL_SECONDS = 48 * 3600
+
+# KEYS[1] = hash key; ARGV[1] = updated_at_ms; ARGV[2] = ttl seconds; ARGV[3..] = field, value pairs.
+_WRITE_IF_NEWER = """
+local current = redis.call('HGET', KEYS[1], 'updated_at_ms')
+if current and tonumber(current) > tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+def features_key(patient_id: str) -> str:
+    return f"patient:{patient_id}:features"
+
+
+def _fmt(value: float) -> str:
+    # repr round-trips a float64 exactly; NaN (undefined feature) is stored as "nan".
+    return "nan" if math.isnan(value) else repr(float(value))
+
+
+def iso_utc(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class OnlineStore:
+    def __init__(self, client: redis.Redis, ttl_seconds: int = TTL_SECONDS) -> None:
+        self.client = client
+        self.ttl_seconds = ttl_seconds
+        self._script = client.register_script(_WRITE_IF_NEWER)
+        self._pending: dict[str, tuple[int, str, Sequence[float]]] = {}
+
+    @classmethod
+    def from_url(cls, url: str) -> "OnlineStore":
+        return cls(redis.Redis.from_url(url))
+
+    def add(self, patient_id: str, ts_ms: int, event_id: str, values: Sequence[float]) -> None:
+        """Buffer a vector; only the newest per patient is written at flush (ties: the later one)."""
+        current = self._pending.get(patient_id)
+        if current is None or ts_ms >= current[0]:
+            self._pending[patient_id] = (ts_ms, event_id, values)
+
+    @property
+    def buffered(self) -> int:
+        return len(self._pending)
+
+    def flush(self) -> int:
+        """Write the buffered vectors in one pipeline; returns how many were newer and written."""
+        if not self._pending:
+            return 0
+        pipe = self.client.pipeline(transaction=False)
+        for patient_id, (ts_ms, event_id, values) in self._pending.items():
+            args: list = [ts_ms, self.ttl_seconds, "updated_at_ms", ts_ms, "updated_at", iso_utc(ts_ms),
+                          "event_id", event_id, "feature_version", FEATURE_VERSION]
+            for name, value in zip(FEATURE_NAMES, values):
+                args.append(name)
+                args.append(_fmt(value))
+            self._script(keys=[features_key(patient_id)], args=args, client=pipe)
+        written = sum(int(r) for r in pipe.execute())
+        self._pending.clear()
+        return written
+
+    def read(self, patient_id: str) -> tuple[np.ndarray, dict[str, str]] | None:
+        return read_features(self.client, patient_id)
+
+
+def read_features(client: redis.Redis, patient_id: str,
+                  names: Iterable[str] = FEATURE_NAMES) -> tuple[np.ndarray, dict[str, str]] | None:
+    """The patient's vector in registry order (NaN where undefined) and its metadata, or None."""
+    raw = client.hgetall(features_key(patient_id))
+    if not raw:
+        return None
+    data = {k.decode(): v.decode() for k, v in raw.items()}
+    vector = np.array([float(data[n]) for n in names], dtype=np.float64)
+    meta = {k: data[k] for k in ("updated_at", "updated_at_ms", "event_id", "feature_version") if k in data}
+    return vector, meta
