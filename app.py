@@ -22,6 +22,7 @@ app = faust.App(
     broker_commit_interval=1.0,
     producer_acks=-1,
     web_host=settings.host,
+    web_bind=settings.host,
     web_port=settings.worker_port,
     web_enabled=True,
     autodiscover=False,

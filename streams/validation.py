@@ -31,7 +31,7 @@ MAX_FUTURE_SKEW_MS = 10 * 60 * 1000
 REASONS: tuple[str, ...] = (
     "oversized", "malformed_json", "not_an_object", "missing_field", "wrong_type", "invalid_value",
     "bad_timestamp", "future_timestamp", "out_of_range", "inconsistent", "key_mismatch", "unknown_topic",
-    "late_event",
+    "late_event", "processing_error",
 )
 
 _MODELS: dict[str, type[BaseModel]] = {

@@ -69,6 +69,19 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     return sim_cli.run(args, settings)
 
 
+def _lake(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import date
+
+    from sinks.lake import RETENTION_DAYS, Lake, cleanup
+
+    lake = Lake.from_settings(settings)
+    deleted = cleanup(lake, today=date.fromisoformat(args.today) if args.today else None, dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    for prefix, n in deleted.items():
+        console.print(f"  {prefix:<11} {verb} {n} objects older than {RETENTION_DAYS[prefix]} days")
+    return 0
+
+
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from vitalstream.demo import run_demo
 
@@ -104,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim_cli.add_arguments(sim)
     sim.set_defaults(func=_simulate)
+
+    lake = sub.add_parser("lake", help="lake maintenance")
+    lake_sub = lake.add_subparsers(dest="action", required=True)
+    clean = lake_sub.add_parser("cleanup", help="delete raw/ older than 90 days and processed/ older than 2 years")
+    clean.add_argument("--dry-run", action="store_true")
+    clean.add_argument("--today", help="YYYY-MM-DD to measure retention from (default: today, UTC)")
+    lake.set_defaults(func=_lake)
 
     worker = sub.add_parser("worker", help="run a stream worker (same as `faust -A app worker`)")
     worker.add_argument("-l", "--loglevel", default="info")
