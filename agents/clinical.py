@@ -13,9 +13,11 @@ import logging
 import time
 
 import redis
+from faust.types import TP
 from prometheus_client import start_http_server
 
 from agents import metrics
+from agents.ordering import MERGE_RANK, TimestampMerge
 from agents.pipeline import Pipeline, RawRecord
 from app import app, settings
 from sinks.lake import Lake
@@ -25,10 +27,9 @@ from tables.faust_tables import FaustTableStore
 
 log = logging.getLogger(__name__)
 
-clinical_topic = app.topic(*topics.CLINICAL_TOPICS, key_type=bytes, value_type=bytes,
-                           key_serializer="raw", value_serializer="raw")
-deadletter_topic = app.topic(topics.DEADLETTER, key_type=bytes, value_type=bytes, key_serializer="raw",
-                             value_serializer="raw")
+_RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+clinical_topic = app.topic(*(topics.kafka_name(settings, t) for t in topics.CLINICAL_TOPICS), **_RAW)
+deadletter_topic = app.topic(topics.kafka_name(settings, topics.DEADLETTER), **_RAW)
 
 # Small RocksDB buffers: one DB per partition, and the defaults (64 MiB x3, 2 GiB cache) are sized for big servers.
 feature_state = app.Table(
@@ -43,6 +44,7 @@ class _LiveState:
         self.store = FaustTableStore(feature_state)
         self.pipeline = build_pipeline(self.store)
         self.unacked: list = []
+        self.merge = TimestampMerge(settings.merge_grace_ms, settings.merge_max_idle_ms)
         self.stream = None
         self.last_flush = time.monotonic()
         self.lock = asyncio.Lock()
@@ -53,6 +55,7 @@ class _LiveState:
         self.store.discard()
         self.pipeline = build_pipeline(self.store)
         self.unacked.clear()
+        self.merge.clear()
         self.revoked = False
 
     def flush_due(self) -> bool:
@@ -94,12 +97,37 @@ async def _on_worker_start() -> None:
     await ensure_topics_async(settings)
 
 
-@app.timer(interval=0.5)
-async def _idle_flush() -> None:
-    # noack_take yields only when records arrive; without this, a quiet stream would hold its tail unflushed.
+def _aiokafka_position(tp: TP) -> int | None:
+    # Faust exposes no synchronous fetch position; read aiokafka's subscription state directly.
+    try:
+        consumer = app.consumer._thread._ensure_consumer()
+        return consumer._subscription.subscription.assignment.state_value(tp).position
+    except Exception:
+        return None
+
+
+def _caught_up(topic: str, partition: int) -> bool:
+    """True when nothing more of (topic, partition) is waiting at the broker for this worker."""
+    tp = TP(topics.kafka_name(settings, topic), partition)
+    highwater = app.consumer.highwater(tp)
+    if highwater is None:
+        return False
+    last = _live.merge.last_offset.get((topic, partition)) if _live else None
+    next_offset = last + 1 if last is not None else _aiokafka_position(tp)
+    return next_offset is not None and next_offset >= highwater
+
+
+@app.timer(interval=0.05)
+async def _on_tick() -> None:
+    # noack_take yields only when records arrive: release records that waited out their grace, and flush a
+    # quiet stream's tail, from here.
     live = _live
-    if live is not None and live.flush_due() and not live.lock.locked():
-        async with live.lock:
+    if live is None or live.lock.locked():
+        return
+    async with live.lock:
+        if live.merge.buffered:
+            await _process_released(live)
+        if live.flush_due():
             await live.flush_and_ack()
 
 
@@ -114,6 +142,33 @@ async def _dead_letter_on_error(msg, sends: list) -> None:  # noqa: ANN001
     sends.append(await deadletter_topic.send(key=msg.key, value=value))
 
 
+async def _process_released(live: _LiveState) -> None:
+    """Run the records the merge releases through the pipeline; write Redis once for all of them."""
+    released = live.merge.release(time.time() * 1000, _caught_up)
+    sends: list = []
+    for rec, event in released:
+        await _process_one(live, rec, event, sends)
+    live.pipeline.flush_online()
+    live.unacked.extend(event for _, event in released)
+    if sends:
+        metrics.EVENTS_OUT.labels("deadletter").inc(len(sends))
+
+
+async def _process_one(live: _LiveState, rec: RawRecord, event, sends: list) -> None:  # noqa: ANN001
+    msg = event.message
+    live.store.bind(event)
+    try:
+        dead = live.pipeline.process(rec)
+    except Exception:  # a bug must not stop the stream: dead-letter the record and go on
+        await _dead_letter_on_error(msg, sends)
+        return
+    if dead is not None:
+        sends.append(await deadletter_topic.send(key=dead.key, value=dead.value))
+    highwater = app.consumer.highwater(msg.tp)
+    if highwater is not None:
+        metrics.CONSUMER_LAG.labels(msg.topic, str(msg.partition)).set(max(highwater - msg.offset - 1, 0))
+
+
 @app.agent(clinical_topic)
 async def process_clinical(stream) -> None:  # noqa: ANN001
     global _live
@@ -123,24 +178,17 @@ async def process_clinical(stream) -> None:  # noqa: ANN001
         async with live.lock:
             if live.revoked:
                 live.reset()
+            now_ms = time.time() * 1000
             sends: list = []
             for event in events:
                 msg = event.message
-                live.store.bind(event)
-                try:
-                    dead = live.pipeline.process(RawRecord(msg.topic, msg.partition, msg.offset,
-                                                           round(msg.timestamp * 1000), msg.key, msg.value))
-                except Exception:  # a bug must not stop the stream: dead-letter the record and go on
-                    await _dead_letter_on_error(msg, sends)
-                    continue
-                if dead is not None:
-                    sends.append(await deadletter_topic.send(key=dead.key, value=dead.value))
-                highwater = app.consumer.highwater(msg.tp)
-                if highwater is not None:
-                    metrics.CONSUMER_LAG.labels(msg.topic, str(msg.partition)).set(max(highwater - msg.offset - 1, 0))
-            live.pipeline.flush_online()
-            live.unacked.extend(events)
-            if sends:
-                metrics.EVENTS_OUT.labels("deadletter").inc(len(sends))
+                rec = RawRecord(topics.logical_name(settings, msg.topic), msg.partition, msg.offset,
+                                round(msg.timestamp * 1000), msg.key, msg.value)
+                if rec.topic in MERGE_RANK:
+                    live.merge.add(rec, event, now_ms)
+                else:  # adverse events (and anything unexpected) need no ordering
+                    await _process_one(live, rec, event, sends)
+                    live.unacked.append(event)
+            await _process_released(live)
             if live.flush_due():
                 await live.flush_and_ack()

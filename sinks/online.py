@@ -45,19 +45,13 @@ def iso_utc(ts_ms: int) -> str:
     return datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class OnlineStore:
-    def __init__(self, client: redis.Redis, ttl_seconds: int = TTL_SECONDS) -> None:
-        self.client = client
-        self.ttl_seconds = ttl_seconds
-        self._script = client.register_script(_WRITE_IF_NEWER)
+class _Coalescing:
+    """Keeps only the newest vector per patient until flush (ties: the later one wins)."""
+
+    def __init__(self) -> None:
         self._pending: dict[str, tuple[int, str, Sequence[float]]] = {}
 
-    @classmethod
-    def from_url(cls, url: str) -> "OnlineStore":
-        return cls(redis.Redis.from_url(url))
-
     def add(self, patient_id: str, ts_ms: int, event_id: str, values: Sequence[float]) -> None:
-        """Buffer a vector; only the newest per patient is written at flush (ties: the later one)."""
         current = self._pending.get(patient_id)
         if current is None or ts_ms >= current[0]:
             self._pending[patient_id] = (ts_ms, event_id, values)
@@ -65,6 +59,36 @@ class OnlineStore:
     @property
     def buffered(self) -> int:
         return len(self._pending)
+
+
+class MemoryOnlineStore(_Coalescing):
+    """The online store's semantics in a dict: for replay dry runs and test oracles."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.vectors: dict[str, tuple[int, str, np.ndarray]] = {}
+
+    def flush(self) -> int:
+        written = 0
+        for patient_id, (ts_ms, event_id, values) in self._pending.items():
+            current = self.vectors.get(patient_id)
+            if current is None or ts_ms >= current[0]:
+                self.vectors[patient_id] = (ts_ms, event_id, np.asarray(values, dtype=np.float64))
+                written += 1
+        self._pending.clear()
+        return written
+
+
+class OnlineStore(_Coalescing):
+    def __init__(self, client: redis.Redis, ttl_seconds: int = TTL_SECONDS) -> None:
+        super().__init__()
+        self.client = client
+        self.ttl_seconds = ttl_seconds
+        self._script = client.register_script(_WRITE_IF_NEWER)
+
+    @classmethod
+    def from_url(cls, url: str) -> "OnlineStore":
+        return cls(redis.Redis.from_url(url))
 
     def flush(self) -> int:
         """Write the buffered vectors in one pipeline; returns how many were newer and written."""

@@ -22,6 +22,17 @@ CLINICAL_TOPICS: tuple[str, ...] = (VITALS, LABS, MEDICATIONS, ADVERSE_EVENTS, P
 ALL_TOPICS: tuple[str, ...] = (*CLINICAL_TOPICS, DEADLETTER, RISK_SCORES)
 
 
+def kafka_name(settings: Settings, topic: str) -> str:
+    """The Kafka topic name of a logical topic (with the configured prefix)."""
+    return settings.topic_prefix + topic
+
+
+def logical_name(settings: Settings, kafka_topic: str) -> str:
+    """The logical topic of a Kafka topic name (the prefix removed)."""
+    prefix = settings.topic_prefix
+    return kafka_topic[len(prefix):] if prefix and kafka_topic.startswith(prefix) else kafka_topic
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     name: str
@@ -34,11 +45,12 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     """Partitions, replication and retention of every topic, from settings."""
     p, r = settings.topic_partitions, settings.topic_replication
     keep = {"retention.ms": str(settings.clinical_retention_ms), "retention.bytes": "-1"}
-    specs = [TopicSpec(t, p, r, dict(keep)) for t in (VITALS, LABS, MEDICATIONS, ADVERSE_EVENTS)]
+    name = lambda t: kafka_name(settings, t)  # noqa: E731
+    specs = [TopicSpec(name(t), p, r, dict(keep)) for t in (VITALS, LABS, MEDICATIONS, ADVERSE_EVENTS)]
     # Latest record per patient wins; compaction keeps it forever.
-    specs.append(TopicSpec(PATIENTS, p, r, {"cleanup.policy": "compact", "retention.ms": "-1"}))
-    specs.append(TopicSpec(DEADLETTER, p, r, {"retention.ms": str(settings.deadletter_retention_ms)}))
-    specs.append(TopicSpec(RISK_SCORES, p, r, {"retention.ms": str(settings.scores_retention_ms)}))
+    specs.append(TopicSpec(name(PATIENTS), p, r, {"cleanup.policy": "compact", "retention.ms": "-1"}))
+    specs.append(TopicSpec(name(DEADLETTER), p, r, {"retention.ms": str(settings.deadletter_retention_ms)}))
+    specs.append(TopicSpec(name(RISK_SCORES), p, r, {"retention.ms": str(settings.scores_retention_ms)}))
     return specs
 
 

@@ -37,7 +37,8 @@ async def _offsets(settings: Settings) -> tuple[dict[str, int], dict[str, int]]:
     await consumer.start()
     await admin.start()
     try:
-        tps = [TopicPartition(t, p) for t in topics.ALL_TOPICS for p in (consumer.partitions_for_topic(t) or [])]
+        names = {topics.kafka_name(settings, t): t for t in topics.ALL_TOPICS}
+        tps = [TopicPartition(k, p) for k in names for p in (consumer.partitions_for_topic(k) or [])]
         ends = await consumer.end_offsets(tps)
         committed = await admin.list_consumer_group_offsets(settings.app_id)
     finally:
@@ -45,11 +46,11 @@ async def _offsets(settings: Settings) -> tuple[dict[str, int], dict[str, int]]:
         await admin.close()
     end_by_topic: dict[str, int] = {}
     for tp, off in ends.items():
-        end_by_topic[tp.topic] = end_by_topic.get(tp.topic, 0) + off
+        end_by_topic[names[tp.topic]] = end_by_topic.get(names[tp.topic], 0) + off
     done_by_topic: dict[str, int] = {}
     for tp, meta in committed.items():
-        if tp.topic in end_by_topic:
-            done_by_topic[tp.topic] = done_by_topic.get(tp.topic, 0) + max(meta.offset, 0)
+        if tp.topic in names:
+            done_by_topic[names[tp.topic]] = done_by_topic.get(names[tp.topic], 0) + max(meta.offset, 0)
     return end_by_topic, done_by_topic
 
 

@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     mlflow_artifact_uri: str | None = None  # defaults to {lake_uri}/mlflow
 
     # --- topics ------------------------------------------------------------------
+    topic_prefix: str = ""  # namespaces every topic, e.g. "staging." or a test's own prefix
     topic_partitions: int = 4
     topic_replication: int = 1
     clinical_retention_ms: int = -1  # Kafka history is the source of truth: keep it
@@ -62,6 +63,9 @@ class Settings(BaseSettings):
     allowed_lateness_ms: int = 3_600_000
     flush_max_rows: int = 5_000  # lake (bronze/silver/offline) flush: whichever comes first
     flush_max_seconds: float = 2.0
+    session_timeout_s: float = 10.0  # a killed worker's partitions move on after this long
+    merge_grace_ms: int = 50  # wait for caught-up topics before ordering past them (agents/ordering.py)
+    merge_max_idle_ms: int = 5_000  # wait at most this long for a lagging topic
     batch_max_events: int = 1_000  # micro-batch of the agent; Redis is written once per batch
     batch_max_seconds: float = 0.05
     worker_data_dir: Path | None = None  # RocksDB tables; default {stack_dir}/worker-data

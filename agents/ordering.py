@@ -1,0 +1,77 @@
+"""A deterministic order for records of several topics: merge by Kafka timestamp.
+
+Kafka orders records only within a partition, and a worker reads the clinical.*
+topics in whatever interleaving its fetches produce. Features depend on the order
+in which a patient's vitals, labs and doses are applied, so an arbitrary
+interleaving would make live rows differ from replayed ones (and from a run
+interrupted by a crash). Like Kafka Streams' `max.task.idle.ms`, records of the
+same partition number of every topic (the same patients, as every topic is keyed
+by patient_id) are merged by their heads: the smallest (timestamp, topic rank)
+goes first. Live, a head is released once every topic has a record buffered, or
+once the empty topics are caught up and the head has waited `grace_ms`, or after
+`max_idle_ms` regardless. Replay, with all records at hand, calls `merge_order`,
+the same rule without waiting.
+"""
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from typing import Any, Callable, Iterable, Iterator
+
+from agents.pipeline import RawRecord
+from streams import topics
+
+# Topics whose order matters to the features. Ties at the same timestamp: context first (enrolment, labs,
+# doses), then the vitals they inform. Adverse events are labels; they need no place in this order.
+MERGE_RANK: dict[str, int] = {topics.PATIENTS: 0, topics.LABS: 1, topics.MEDICATIONS: 2, topics.VITALS: 3}
+
+
+def _key(rec: RawRecord) -> tuple[int, int]:
+    return rec.timestamp_ms, MERGE_RANK[rec.topic]
+
+
+def merge_order(per_topic: Iterable[Iterable[RawRecord]]) -> Iterator[RawRecord]:
+    """Merge offset-ordered record streams of one partition number by their heads."""
+    return heapq.merge(*per_topic, key=_key)
+
+
+class TimestampMerge:
+    """The live side of `merge_order`: buffers records and releases them in the same order."""
+
+    def __init__(self, grace_ms: int = 50, max_idle_ms: int = 5_000) -> None:
+        self.grace_ms = grace_ms
+        self.max_idle_ms = max_idle_ms
+        # partition -> topic -> FIFO of (record, handle, received_ms)
+        self._fifos: dict[int, dict[str, deque[tuple[RawRecord, Any, float]]]] = {}
+        self.last_offset: dict[tuple[str, int], int] = {}
+
+    def add(self, rec: RawRecord, handle: Any, received_ms: float) -> None:
+        fifos = self._fifos.setdefault(rec.partition, {t: deque() for t in MERGE_RANK})
+        fifos[rec.topic].append((rec, handle, received_ms))
+        self.last_offset[(rec.topic, rec.partition)] = rec.offset
+
+    @property
+    def buffered(self) -> int:
+        return sum(len(q) for fifos in self._fifos.values() for q in fifos.values())
+
+    def release(self, now_ms: float, caught_up: Callable[[str, int], bool]) -> list[tuple[RawRecord, Any]]:
+        """Every record that may go now, in merge order. caught_up(topic, partition): nothing more to fetch."""
+        out: list[tuple[RawRecord, Any]] = []
+        for partition, fifos in self._fifos.items():
+            while True:
+                heads = [q[0] for q in fifos.values() if q]
+                if not heads:
+                    break
+                rec, handle, received = min(heads, key=lambda h: _key(h[0]))
+                waited = now_ms - received
+                empty = [t for t, q in fifos.items() if not q]
+                if empty and waited < self.max_idle_ms:
+                    if waited < self.grace_ms or not all(caught_up(t, partition) for t in empty):
+                        break
+                fifos[rec.topic].popleft()
+                out.append((rec, handle))
+        return out
+
+    def clear(self) -> None:
+        self._fifos.clear()
+        self.last_offset.clear()
