@@ -32,7 +32,7 @@ LAB_INDEX = {name: i for i, name in enumerate(LAB_TESTS)}
 SITE_UTC_OFFSET_HOURS = {"SITE01": 0.0, "SITE02": 1.0, "SITE03": -5.0, "SITE04": -8.0, "SITE05": 9.0}
 
 # --- adverse-event hazards (events per patient-day before multipliers) -------------
-BASE_HAZARD_PER_DAY = {SEPSIS: 0.012, DILI: 0.005, BLEED: 0.008, RESP: 0.002}
+BASE_HAZARD_PER_DAY = {SEPSIS: 0.009, DILI: 0.008, BLEED: 0.004, RESP: 0.0015}
 ARM_HAZARD = {  # placebo < low_dose < high_dose for every kind
     SEPSIS: {"placebo": 1.0, "low_dose": 1.3, "high_dose": 1.7},
     DILI: {"placebo": 0.4, "low_dose": 1.5, "high_dose": 3.0},
@@ -47,7 +47,7 @@ COMORBIDITY_HAZARD = {
 }
 AGE_HAZARD_PER_YEAR = 0.025  # hazard x exp(0.025 * (age - 60))
 MONITORED_HAZARD = 1.8  # monitored patients are the sicker ones
-MORPHINE_RESP_DEP_PROB = 0.015  # per dose, before multipliers
+MORPHINE_RESP_DEP_PROB = 0.010  # per dose, before multipliers
 # CTCAE grade 1..5 probabilities.
 GRADE_PROBS = {
     SEPSIS: (0.05, 0.30, 0.40, 0.18, 0.07),
@@ -233,7 +233,9 @@ def plan_patient(cfg: SimulationConfig, slot: int, generation: int, enroll_ms: i
             rng.normal(36.75, 0.2),
         ]
     )
-    circ_amp = np.array([rng.uniform(3, 7), rng.uniform(4, 9), rng.uniform(2, 5), rng.uniform(0.5, 1.2), 0.3, rng.uniform(0.2, 0.4)])
+    circ_amp = np.array(
+        [rng.uniform(3, 7), rng.uniform(4, 9), rng.uniform(2, 5), rng.uniform(0.5, 1.2), 0.3, rng.uniform(0.2, 0.4)]
+    )
     hr_peak = rng.normal(16, 1.5)
     circ_peak_h = np.array([hr_peak, rng.normal(11, 1.5), rng.normal(11, 1.5), hr_peak, 15.0, rng.normal(18, 1.0)])
     lab_median = {
@@ -261,9 +263,11 @@ def plan_patient(cfg: SimulationConfig, slot: int, generation: int, enroll_ms: i
     # --- medications (planned over the provisional stay, truncated later) ------------
     meds: list[Medication] = []
 
-    def scheduled(drug: str, dose: float, unit: str, route: str, first_h: float, every_h: float, lo: int, hi: int) -> None:
-        for t in _local_hour_times(lo, hi, tz, first_h, every_h):
-            meds.append(Medication(t + int(rng.uniform(-20, 40) * 60_000), drug, dose, unit, route))
+    def scheduled(drug: str, dose: float, unit: str, route: str, first_h: float, every_h: float, lo: int,
+                  hi: int) -> None:
+        times = _local_hour_times(lo, hi, tz, first_h, every_h)
+        jitter = rng.uniform(-20, 40, len(times)) * 60_000  # given around the scheduled time
+        meds.extend(Medication(t + int(j), drug, dose, unit, route) for t, j in zip(times, jitter.tolist()))
 
     def prn(drug: str, dose: float, unit: str, route: str, rate: float) -> None:
         for t in _poisson_times(rng, rate, enroll_ms + 5 * 60_000, depart_ms):
@@ -273,7 +277,7 @@ def plan_patient(cfg: SimulationConfig, slot: int, generation: int, enroll_ms: i
     if schedule is not None:
         scheduled("VS-101", schedule.dose_mg, "mg", schedule.route, schedule.first_hour_local,
                   schedule.interval_hours, enroll_ms + 2 * HOUR_MS, depart_ms)
-    u = rng.random(6)
+    u = rng.random(4)
     on_warfarin = bool(u[0] < 0.12 + 0.15 * has("heart_failure"))
     on_amiodarone = bool(u[1] < 0.06 + 0.25 * has("heart_failure"))
     on_morphine = bool(u[2] < 0.3)
@@ -372,7 +376,8 @@ def plan_patient(cfg: SimulationConfig, slot: int, generation: int, enroll_ms: i
                 meds.append(Medication(t + int(rng.uniform(0, 30) * 60_000), drug, dose, "g", "iv"))
     for ep in episodes:
         if ep.kind == SEPSIS and ep.variant & 1 == 0:  # fever -> antipyretic
-            meds.append(Medication(ep.onset_ms + int(rng.uniform(0.2, 2) * HOUR_MS), "acetaminophen", 1000.0, "mg", "iv"))
+            t = ep.onset_ms + int(rng.uniform(0.2, 2) * HOUR_MS)
+            meds.append(Medication(t, "acetaminophen", 1000.0, "mg", "iv"))
     holds = [(ep.onset_ms, ep.onset_ms + 2 * DAY_MS if not (ep.kind == DILI and ep.grade >= 3) else 1 << 62)
              for ep in episodes if ep.grade >= 3]
     meds = [
@@ -384,11 +389,10 @@ def plan_patient(cfg: SimulationConfig, slot: int, generation: int, enroll_ms: i
 
     # --- observation schedules --------------------------------------------------------
     step = cfg.ward_vitals_interval_hours * HOUR_MS
-    nurse = []
-    t = enroll_ms + rng.uniform(0.1, 0.5) * HOUR_MS
-    while t < depart_ms:
-        nurse.append(int(t))
-        t += step + rng.uniform(-20, 20) * 60_000
+    n_obs = int((depart_ms - enroll_ms) / (step - 20 * 60_000)) + 2
+    gaps = step + rng.uniform(-20, 20, n_obs) * 60_000
+    first_obs = enroll_ms + rng.uniform(0.1, 0.5) * HOUR_MS
+    nurse = (first_obs + np.concatenate(([0.0], np.cumsum(gaps)))).astype(np.int64).tolist()
     for ep in episodes:  # escalation: hourly observations while deteriorating
         a = ep.onset_ms - ep.lead_ms // 2
         b = min(ep.onset_ms + ep.plateau_ms + 12 * HOUR_MS, depart_ms)
@@ -403,7 +407,8 @@ def plan_patient(cfg: SimulationConfig, slot: int, generation: int, enroll_ms: i
     t = enroll_ms + rng.uniform(0.5, 2) * HOUR_MS
     first = True
     while t < depart_ms:
-        active = [ep for ep in episodes if ep.onset_ms - ep.lab_lead_ms <= t <= ep.onset_ms + ep.plateau_ms + ep.lab_tau_ms]
+        active = [ep for ep in episodes
+                  if ep.onset_ms - ep.lab_lead_ms <= t <= ep.onset_ms + ep.plateau_ms + ep.lab_tau_ms]
         tests = basic
         if first or rng.random() < 0.6 or any(ep.kind == DILI for ep in active):
             tests += lfts
@@ -421,16 +426,17 @@ def plan_patient(cfg: SimulationConfig, slot: int, generation: int, enroll_ms: i
 
     # --- benign excursions: 30-90 min bumps that lead nowhere ---------------------------
     ex_t = _poisson_times(rng, cfg.excursions_per_day, enroll_ms, depart_ms)
-    excursions = np.zeros((len(ex_t), 8))
-    for i, t0 in enumerate(ex_t):
-        kind = rng.integers(3)
-        if kind == 0:  # pain / mobilising
-            eff = (rng.uniform(12, 30), rng.uniform(5, 20), rng.uniform(3, 10), rng.uniform(1, 4), 0, 0)
-        elif kind == 1:  # anxiety / hypertensive spike
-            eff = (rng.uniform(5, 15), rng.uniform(15, 30), rng.uniform(8, 15), rng.uniform(0, 2), 0, 0)
-        else:  # nocturnal desaturation
-            eff = (rng.uniform(0, 8), 0, 0, rng.uniform(-2, 1), -rng.uniform(2, 5), 0)
-        excursions[i] = (t0, rng.uniform(30, 90) * 60_000, *eff)
+    # Effect ranges (low, high) per kind for HR, SBP, DBP, RR, SpO2, temperature.
+    lo_hi = np.array([
+        [(12, 30), (5, 20), (3, 10), (1, 4), (0, 0), (0, 0)],  # pain / mobilising
+        [(5, 15), (15, 30), (8, 15), (0, 2), (0, 0), (0, 0)],  # anxiety / hypertensive spike
+        [(0, 8), (0, 0), (0, 0), (-2, 1), (-5, -2), (0, 0)],  # nocturnal desaturation
+    ], dtype=np.float64)
+    kinds = rng.integers(0, 3, len(ex_t))
+    rng_lo, rng_hi = lo_hi[kinds, :, 0], lo_hi[kinds, :, 1]
+    effects = rng_lo + (rng_hi - rng_lo) * rng.random((len(ex_t), 6))
+    durations = rng.uniform(30, 90, len(ex_t)) * 60_000
+    excursions = np.column_stack([ex_t.astype(np.float64), durations, effects]).reshape(len(ex_t), 8)
 
     next_enroll = None
     if cfg.replace_departed:
@@ -472,15 +478,20 @@ def plan_patient(cfg: SimulationConfig, slot: int, generation: int, enroll_ms: i
     )
 
 
+_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+_UUID_DIGIT_POS = np.array([i for i in range(36) if i not in (8, 13, 18, 23)])
+
+
 def uuids(rng: Generator, n: int) -> list[str]:
-    """n deterministic RFC 4122 version-4 UUID strings from rng."""
+    """n deterministic RFC 4122 version-4 UUID strings from rng (vectorised)."""
     if n == 0:
         return []
     raw = rng.integers(0, 256, size=(n, 16), dtype=np.uint8)
-    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40
-    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80
-    h = raw.tobytes().hex()
-    return [
-        f"{h[i:i + 8]}-{h[i + 8:i + 12]}-{h[i + 12:i + 16]}-{h[i + 16:i + 20]}-{h[i + 20:i + 32]}"
-        for i in range(0, 32 * n, 32)
-    ]
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
+    nib = np.empty((n, 32), dtype=np.uint8)
+    nib[:, 0::2] = raw >> 4
+    nib[:, 1::2] = raw & 0x0F
+    out = np.full((n, 36), ord("-"), dtype=np.uint8)
+    out[:, _UUID_DIGIT_POS] = _HEX[nib]
+    return out.view("S36").ravel().astype("U36").tolist()

@@ -127,7 +127,7 @@ class SimulationConfig:
         if self.enrollment_window_hours is not None:
             return int(self.enrollment_window_hours * 3_600_000)
         if self.days is None:
-            return 3_600_000  # live: everyone enrolled within the first hour
+            return 600_000  # live: the whole census enrolls within the first 10 minutes
         return int(min(48.0, self.days * 24.0 / 4.0) * 3_600_000)
 
     def without_faults(self) -> "SimulationConfig":

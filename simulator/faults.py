@@ -36,7 +36,8 @@ def apply_artifact(d: dict[str, Any], u: float, u2: float) -> bool:
 
 
 _WRONG_TYPE = {"vitals": ("heart_rate", "fast"), "labs": ("value", "high"), "medications": ("dose", "two tabs")}
-_BAD_TIMESTAMPS: tuple[Any, ...] = ("2026-13-45T25:61:00Z", "yesterday", "", 1767225600000, "26/11/2026 09:55")
+# Not ISO-8601 UTC. (A bare epoch number is avoided: lenient parsers accept it.)
+_BAD_TIMESTAMPS: tuple[str, ...] = ("2026-13-45T25:61:00Z", "yesterday", "", "26/11/2026 09:55", "2026-11-26T09:55:23")
 N_MALFORMED_KINDS = 6
 
 
