@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 
 import redis
@@ -45,6 +46,7 @@ class _LiveState:
         self.pipeline = build_pipeline(self.store)
         self.unacked: list = []
         self.merge = TimestampMerge(settings.merge_grace_ms, settings.merge_max_idle_ms)
+        self.inflight: asyncio.Task | None = None
         self.stream = None
         self.last_flush = time.monotonic()
         self.lock = asyncio.Lock()
@@ -64,14 +66,37 @@ class _LiveState:
             or time.monotonic() - self.last_flush >= settings.flush_max_seconds)
 
     async def flush_and_ack(self) -> None:
-        """Lake sinks, then table state, then producer, then acks: the commit never passes unsunk data."""
-        await asyncio.to_thread(self.pipeline.flush_lake)
-        self.store.flush()
-        await app.producer.flush()  # changelog + dead letters acknowledged by the broker
-        for event in self.unacked:
-            await self.stream.ack(event)
-        self.unacked.clear()
+        """Seal what is buffered and complete it in the background while processing goes on.
+
+        Completion writes the lake objects, then the table state, then flushes the producer
+        (changelog and dead letters acknowledged), and only then acks the records, so the
+        committed offset never passes data the sinks do not hold. One completion at a time.
+        """
+        if self.inflight is not None:
+            await self.inflight  # keeps completions in order, and applies back-pressure
+        sealed = self.pipeline.seal_lake()
+        generation = self.store.seal()
+        events, self.unacked = self.unacked, []
         self.last_flush = time.monotonic()
+        self.inflight = asyncio.create_task(self._complete(sealed, generation, events))
+
+    async def _complete(self, sealed, generation, events) -> None:  # noqa: ANN001
+        for attempt in range(5):
+            try:
+                await asyncio.to_thread(self.pipeline.write_lake, sealed)
+                break
+            except Exception:
+                log.exception("lake write failed (attempt %d of 5)", attempt + 1)
+                if attempt == 4:
+                    # Stop hard: nothing of this batch was acked, so a restarted worker redoes it all.
+                    log.critical("the lake stayed unwritable; exiting so a supervisor restarts the worker")
+                    os._exit(70)
+                await asyncio.sleep(2 ** attempt)
+        self.store.apply(generation)
+        await app.producer.flush()
+        for event in events:
+            await self.stream.ack(event)
+        self.inflight = None
 
 
 _live: _LiveState | None = None
@@ -97,15 +122,6 @@ async def _on_worker_start() -> None:
     await ensure_topics_async(settings)
 
 
-def _aiokafka_position(tp: TP) -> int | None:
-    # Faust exposes no synchronous fetch position; read aiokafka's subscription state directly.
-    try:
-        consumer = app.consumer._thread._ensure_consumer()
-        return consumer._subscription.subscription.assignment.state_value(tp).position
-    except Exception:
-        return None
-
-
 def _caught_up(topic: str, partition: int) -> bool:
     """True when nothing more of (topic, partition) is waiting at the broker for this worker."""
     tp = TP(topics.kafka_name(settings, topic), partition)
@@ -113,8 +129,13 @@ def _caught_up(topic: str, partition: int) -> bool:
     if highwater is None:
         return False
     last = _live.merge.last_offset.get((topic, partition)) if _live else None
-    next_offset = last + 1 if last is not None else _aiokafka_position(tp)
-    return next_offset is not None and next_offset >= highwater
+    if last is not None:
+        next_offset = last + 1
+    else:
+        # Nothing delivered yet: we start at the committed offset (Faust records it at assignment; 0 is
+        # stored as None). The fetch position would be wrong here: fetched is not yet delivered.
+        next_offset = app.consumer._committed_offset.get(tp) or 0
+    return next_offset >= highwater
 
 
 @app.timer(interval=0.05)

@@ -16,7 +16,8 @@ REDELIVERED = Counter("vitalstream_redelivered_total", "Records a sink already h
 UPDATE_LATENCY = Histogram(
     "vitalstream_feature_update_latency_seconds",
     "From a record's arrival in Kafka to its feature vector's Redis write",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    buckets=(0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1, 0.12, 0.14, 0.16, 0.18, 0.2, 0.25,
+             0.3, 0.4, 0.5, 0.75, 1, 2.5, 5, 10, 30),
 )
 CONSUMER_LAG = Gauge("vitalstream_consumer_lag", "Highwater minus the last processed offset", ["topic", "partition"])
 FLUSH_ROWS = Histogram("vitalstream_flush_rows", "Rows per sink flush", ["sink"],

@@ -13,9 +13,9 @@ from sinks.bronze import BronzeSink
 from sinks.lake import Lake
 from sinks.offline import OfflineFeatureSink
 from sinks.online import OnlineStore
+from sinks.partitioned import SealedBatch, write_batches
 from sinks.silver import SilverSink
-from streams import topics
-from streams.events import CleanAdverseEvent, CleanVitals
+from streams.events import CleanAdverseEvent
 from streams.validation import Accepted, Rejection, deadletter_record, validate_record
 from tables.state import FeatureEngine, FeatureUpdate, StateStore
 
@@ -136,19 +136,35 @@ class Pipeline:
         metrics.EVENTS_OUT.labels("redis").inc(n)
         return n
 
+    def seal_lake(self) -> list[tuple[str, list[SealedBatch]]]:
+        """Take the buffered bronze, silver and offline rows out, to write with `write_lake`."""
+        sealed = []
+        for name, sink in (("bronze", self.bronze), ("silver", self.silver), ("offline", self.offline)):
+            if sink is not None:
+                batch = sink.seal()
+                sealed.append((name, batch if isinstance(batch, list) else [batch]))
+        return sealed
+
+    @staticmethod
+    def write_lake(sealed: list[tuple[str, list[SealedBatch]]]) -> FlushReport:
+        """Write sealed rows as objects (in parallel), then their watermarks. Safe off the event loop."""
+        report = FlushReport()
+        stats = write_batches([b for _, batches in sealed for b in batches])
+        i = 0
+        for name, batches in sealed:
+            rows = sum(st.rows for st in stats[i:i + len(batches)])
+            seconds = stats[i].seconds if batches else 0.0
+            i += len(batches)
+            report.rows[name], report.seconds[name] = rows, seconds
+            if rows:
+                metrics.FLUSH_ROWS.labels(name).observe(rows)
+                metrics.FLUSH_SECONDS.labels(name).observe(seconds)
+                metrics.EVENTS_OUT.labels(name).inc(rows)
+        return report
+
     def flush_lake(self) -> FlushReport:
         """Write buffered bronze, silver and offline rows as objects, then their watermarks."""
-        report = FlushReport()
-        for name, sink in (("bronze", self.bronze), ("silver", self.silver), ("offline", self.offline)):
-            if sink is None:
-                continue
-            stats = sink.flush()
-            report.rows[name], report.seconds[name] = stats.rows, stats.seconds
-            if stats.rows:
-                metrics.FLUSH_ROWS.labels(name).observe(stats.rows)
-                metrics.FLUSH_SECONDS.labels(name).observe(stats.seconds)
-                metrics.EVENTS_OUT.labels(name).inc(stats.rows)
-        return report
+        return self.write_lake(self.seal_lake())
 
     def forget(self, tps: set[tuple[str, int]]) -> None:
         for sink in (self.bronze, self.silver, self.offline):

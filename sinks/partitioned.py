@@ -9,13 +9,17 @@ nor duplicates, however often a batch is retried.
 """
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from sinks.lake import Lake
+
+log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"(?P<topic>[A-Za-z0-9_.\-]+?)-p(?P<partition>\d+)-o(?P<first>\d+)-(?P<last>\d+)\.\w+$")
 
@@ -37,6 +41,34 @@ class FlushStats:
     objects: int = 0
     rows: int = 0
     seconds: float = 0.0
+
+
+_POOL = ThreadPoolExecutor(8, thread_name_prefix="lake")  # object stores reward parallel PUTs
+
+
+@dataclass
+class SealedBatch:
+    """Rows taken out of a sink, with the watermarks to record once they are written."""
+
+    sink: "OffsetTrackedSink"
+    objects: list[tuple[str, list[Any]]]
+    markers: list[tuple[TopicPartition, int]]
+
+    def write(self) -> FlushStats:
+        return write_batches([self])[0]
+
+
+def write_batches(batches: list[SealedBatch]) -> list[FlushStats]:
+    """Encode and write every batch's objects in parallel; then, once all are stored, their watermarks."""
+    t0 = time.perf_counter()
+    jobs = [(b.sink, path, rows) for b in batches for path, rows in b.objects]
+    list(_POOL.map(lambda job: job[0].lake.put(job[1], job[0].encode(job[2])), jobs))
+    marks = [(b.sink, tp, offset) for b in batches for tp, offset in b.markers]
+    list(_POOL.map(lambda m: m[0].lake.put(m[0]._marker(m[1]), str(m[2]).encode()), marks))
+    for sink, tp, offset in marks:
+        sink._watermarks[tp] = max(sink._watermarks.get(tp, -1), offset)
+    seconds = time.perf_counter() - t0
+    return [FlushStats(len(b.objects), sum(len(rows) for _, rows in b.objects), seconds) for b in batches]
 
 
 class OffsetTrackedSink:
@@ -67,12 +99,14 @@ class OffsetTrackedSink:
     def _recover(self, tp: TopicPartition) -> int:
         try:
             wm = int(self.lake.get(self._marker(tp)).decode())
-        except (FileNotFoundError, OSError, ValueError):
+        except FileNotFoundError:
             wm = -1
         for obj in self.lake.list(self.prefix):
             m = _NAME.search(obj.path)
             if m and m["topic"] == tp[0] and int(m["partition"]) == tp[1] and int(m["first"]) > wm:
-                self.lake.delete(obj.path)  # written by a flush that never reached its marker
+                log.warning("%s: removing %s, written past watermark %d by an interrupted flush",
+                            self.name, obj.path, wm)
+                self.lake.delete(obj.path)
         return wm
 
     def accepts(self, topic: str, partition: int, offset: int) -> bool:
@@ -90,24 +124,23 @@ class OffsetTrackedSink:
         pending = self._pending.setdefault((topic, partition), _Pending())
         pending.last_offset = max(pending.last_offset, offset)
 
-    def flush(self) -> FlushStats:
-        t0 = time.perf_counter()
-        stats = FlushStats()
+    def seal(self) -> "SealedBatch":
+        """Take the buffered rows out (cheap); write them later with `write`, off the event loop."""
+        objects, markers = [], []
         for tp, pending in sorted(self._pending.items()):
             if pending.last_offset <= self.watermark(tp):
                 continue
             for directory, rows in sorted(pending.rows.items()):
                 first, last = min(o for o, _ in rows), max(o for o, _ in rows)
                 path = f"{self.prefix}/{directory}/{object_name(tp[0], tp[1], first, last, self.ext)}"
-                self.lake.put(path, self.encode([r for _, r in rows]))
-                stats.objects += 1
-                stats.rows += len(rows)
-            self.lake.put(self._marker(tp), str(pending.last_offset).encode())
-            self._watermarks[tp] = pending.last_offset
-        self._pending.clear()
+                objects.append((path, [r for _, r in rows]))
+            markers.append((tp, pending.last_offset))
+        self._pending = {}
         self.buffered_rows = 0
-        stats.seconds = time.perf_counter() - t0
-        return stats
+        return SealedBatch(self, objects, markers)
+
+    def flush(self) -> FlushStats:
+        return self.seal().write()
 
     def forget(self, tps: set[TopicPartition]) -> None:
         """Drop cached watermarks of revoked partitions (another worker may advance them)."""

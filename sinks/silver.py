@@ -76,12 +76,15 @@ class SilverSink:
     def buffered_rows(self) -> int:
         return sum(s.buffered_rows for s in self.sinks.values())
 
+    def seal(self) -> list:
+        return [sink.seal() for sink in self.sinks.values()]
+
     def flush(self):
         from sinks.partitioned import FlushStats
 
         total = FlushStats()
-        for sink in self.sinks.values():
-            st = sink.flush()
+        for batch in self.seal():
+            st = batch.write()
             total.objects += st.objects
             total.rows += st.rows
             total.seconds += st.seconds

@@ -32,13 +32,20 @@ def as_event(event: Any) -> Iterator[None]:
 
 
 class FaustTableStore:
-    """A StateStore over a Faust table; `bind` the event before each engine call."""
+    """A StateStore over a Faust table; `bind` the event before each engine call.
+
+    Writes accumulate in the current generation. `seal` closes it (its events' rows are
+    being written to the lake in the background) and `apply` writes a sealed
+    generation to the table once the lake holds those rows. Reads see the newest
+    write of a key, whether current, sealed or in the table.
+    """
 
     def __init__(self, table: Any) -> None:
         self.table = table
         self._event: Any = None
-        self._pending: dict[int, dict[str, Any]] = {}
+        self._current: dict[int, dict[str, Any]] = {}
         self._events: dict[int, Any] = {}
+        self._sealed: list[tuple[dict[int, dict[str, Any]], dict[int, Any]]] = []
 
     def bind(self, event: Any) -> None:
         """Keys touched from now on belong to this event's partition."""
@@ -48,42 +55,54 @@ class FaustTableStore:
         return self._event.message.partition
 
     def get(self, key: str) -> Any | None:
-        pending = self._pending.get(self._partition())
-        if pending is not None and key in pending:
-            value = pending[key]
-            return None if value is _DELETED else value
+        p = self._partition()
+        for writes in (self._current, *(gen for gen, _ in reversed(self._sealed))):
+            part = writes.get(p)
+            if part is not None and key in part:
+                value = part[key]
+                return None if value is _DELETED else value
         with as_event(self._event):
             return self.table.get(key)
 
     def set(self, key: str, value: Any) -> None:
         p = self._partition()
-        self._pending.setdefault(p, {})[key] = value
+        self._current.setdefault(p, {})[key] = value
         self._events[p] = self._event
 
     def delete(self, key: str) -> None:
         p = self._partition()
-        self._pending.setdefault(p, {})[key] = _DELETED
+        self._current.setdefault(p, {})[key] = _DELETED
         self._events[p] = self._event
 
     @property
     def pending_writes(self) -> int:
-        return sum(len(w) for w in self._pending.values())
+        return sum(len(w) for w in self._current.values())
 
-    def flush(self) -> int:
-        """Apply the buffered writes to the table (and so to RocksDB and the changelog)."""
+    def seal(self) -> tuple[dict[int, dict[str, Any]], dict[int, Any]]:
+        generation = (self._current, self._events)
+        self._sealed.append(generation)
+        self._current, self._events = {}, {}
+        return generation
+
+    def apply(self, generation: tuple[dict[int, dict[str, Any]], dict[int, Any]]) -> int:
+        """Write a sealed generation to the table (and so to RocksDB and the changelog)."""
+        writes, events = generation
         n = 0
-        for p, writes in self._pending.items():
-            with as_event(self._events[p]):
-                for key, value in writes.items():
+        for p, part in writes.items():
+            with as_event(events[p]):
+                for key, value in part.items():
                     if value is _DELETED:
                         if key in self.table:
                             del self.table[key]
                     else:
                         self.table[key] = value
                     n += 1
-        self.discard()
+        self._sealed.remove(generation)
         return n
 
+    def flush(self) -> int:
+        return self.apply(self.seal())
+
     def discard(self) -> None:
-        self._pending.clear()
-        self._events.clear()
+        self._current, self._events = {}, {}
+        self._sealed.clear()

@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     flush_max_seconds: float = 2.0
     session_timeout_s: float = 10.0  # a killed worker's partitions move on after this long
     merge_grace_ms: int = 50  # wait for caught-up topics before ordering past them (agents/ordering.py)
-    merge_max_idle_ms: int = 5_000  # wait at most this long for a lagging topic
+    merge_max_idle_ms: int = 30_000  # wait at most this long for a lagging topic
     batch_max_events: int = 1_000  # micro-batch of the agent; Redis is written once per batch
     batch_max_seconds: float = 0.05
     worker_data_dir: Path | None = None  # RocksDB tables; default {stack_dir}/worker-data

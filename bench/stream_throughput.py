@@ -1,0 +1,195 @@
+"""Stream worker benchmark, on the running local stack (`vitalstream stack up`), in one run:
+
+1. the raw aiokafka consume rate of the vitals topic (the ceiling);
+2. sustained events/s through one `faust -A app worker` with every sink on (bronze, silver, features in
+   RocksDB tables, Redis, offline Parquet), over a backlog of N vitals events;
+3. p50/p99 arrival-to-Redis latency at a fixed offered rate (default 2,000 events/s), from the worker's
+   `vitalstream_feature_update_latency_seconds` histogram.
+
+    python bench/stream_throughput.py [--events 200000] [--patients 1000] [--rate 2000] [--seconds 30]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from streams import topics  # noqa: E402
+from streams.topics import ensure_topics  # noqa: E402
+from tests.harness import WorkerProcess, isolated_settings  # noqa: E402
+from vitalstream.settings import Settings  # noqa: E402
+
+
+def vitals_payloads(n: int, patients: int, start_ms: int, seed: int = 1) -> list[tuple[bytes, bytes, int]]:
+    """n monitor readings, one per patient per minute, in time order: (key, value, timestamp_ms)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        p = i % patients
+        ts = start_ms + (i // patients) * 60_000 + p * 7
+        pid = f"PT{p + 1:05d}"
+        rec = {"event_id": str(uuid.UUID(int=int(rng.integers(1 << 62)) << 64 | i, version=4)), "patient_id": pid,
+               "timestamp": datetime.fromtimestamp(ts / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
+               .replace("+00:00", "Z"), "source": "monitor",
+               "heart_rate": round(float(rng.normal(80, 8)), 1), "bp_systolic": round(float(rng.normal(122, 10)), 1),
+               "bp_diastolic": round(float(rng.normal(78, 6)), 1), "resp_rate": round(float(rng.normal(16, 2)), 1),
+               "spo2": round(float(min(100, rng.normal(97, 1.2))), 1),
+               "temperature": round(float(rng.normal(37.0, 0.3)), 2), "temperature_unit": "C",
+               "consciousness": "A", "on_oxygen": False}
+        out.append((pid.encode(), orjson.dumps(rec), ts))
+    return out
+
+
+async def produce_all(settings: Settings, payloads, rate: float | None = None) -> float:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5, acks=1,
+                                max_batch_size=256 * 1024)
+    await producer.start()
+    t0 = time.perf_counter()
+    try:
+        futures = []
+        for i, (key, value, ts) in enumerate(payloads):
+            if rate:
+                due = t0 + i / rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                ts = int(time.time() * 1000)  # live: measured now, received now
+                rec = orjson.loads(value)
+                rec["timestamp"] = datetime.fromtimestamp(ts / 1000, tz=timezone.utc).isoformat(
+                    timespec="milliseconds").replace("+00:00", "Z")
+                value = orjson.dumps(rec)
+            futures.append(await producer.send(topics.kafka_name(settings, topics.VITALS), value, key=key,
+                                               timestamp_ms=ts))
+            if len(futures) >= 5000:
+                await asyncio.gather(*futures)
+                futures.clear()
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return time.perf_counter() - t0
+
+
+async def raw_consume_rate(settings: Settings, n: int) -> float:
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(topics.kafka_name(settings, topics.VITALS), bootstrap_servers=settings.kafka_bootstrap,
+                                group_id=f"bench-raw-{uuid.uuid4().hex[:6]}", auto_offset_reset="earliest",
+                                enable_auto_commit=False, max_partition_fetch_bytes=4 << 20)
+    await consumer.start()
+    try:
+        seen, t0 = 0, None
+        while seen < n:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            for msgs in batch.values():
+                for m in msgs:
+                    orjson.loads(m.value)  # a consumer that does nothing at all is not a meaningful ceiling
+                if t0 is None and msgs:
+                    t0 = time.perf_counter()
+                seen += len(msgs)
+        return n / (time.perf_counter() - t0)
+    finally:
+        await consumer.stop()
+
+
+def scrape(settings: Settings) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://{settings.host}:{settings.metrics_port}/metrics", timeout=5).read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def quantile_from_histogram(metrics: dict[str, float], base: str, q: float) -> float:
+    buckets = sorted((float(k.split('le="')[1].split('"')[0]), v) for k, v in metrics.items()
+                     if k.startswith(base + "_bucket") and 'le="+Inf"' not in k)
+    total = metrics.get(base + "_count", 0)
+    if not total:
+        return float("nan")
+    target, prev_le, prev_count = q * total, 0.0, 0.0
+    for le, count in buckets:
+        if count >= target:  # linear interpolation inside the bucket, as Prometheus' histogram_quantile
+            return prev_le + (le - prev_le) * (target - prev_count) / max(count - prev_count, 1e-9)
+        prev_le, prev_count = le, count
+    return float("inf")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--patients", type=int, default=1_000)
+    ap.add_argument("--rate", type=float, default=2_000.0)
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--partitions", type=int, default=4)
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="vs-bench-"))
+    base = Settings()
+    unique = uuid.uuid4().hex[:8]
+    settings = isolated_settings(base, unique, tmp, partitions=args.partitions)
+    ensure_topics(settings)
+    print(f"# stream_throughput {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
+          f"{platform.processor() or platform.machine()}, python {platform.python_version()}")
+    print(f"backlog: {args.events:,} vitals events, {args.patients:,} patients, {args.partitions} partitions")
+
+    start_ms = int(time.time() * 1000) - (args.events // args.patients + 1) * 60_000
+    payloads = vitals_payloads(args.events, args.patients, start_ms)
+    secs = asyncio.run(produce_all(settings, payloads))
+    print(f"produce (aiokafka, acks=1):            {args.events / secs:>10,.0f} events/s")
+    raw = asyncio.run(raw_consume_rate(settings, args.events))
+    print(f"raw aiokafka consume + json parse:     {raw:>10,.0f} events/s   (ceiling)")
+
+    worker = WorkerProcess(settings, tmp / "worker.log").start()
+    try:
+        worker.wait_ready(120)
+        key = f'vitalstream_events_in_total{{topic="{topics.VITALS}"}}'
+        t_first = t_last = None
+        deadline = time.monotonic() + 1800
+        while time.monotonic() < deadline:
+            m = scrape(settings)
+            n = m.get(key, 0)
+            now = time.perf_counter()
+            if n > 0 and t_first is None:
+                t_first, n_first = now, n
+            if n >= args.events:
+                t_last = now
+                break
+            time.sleep(0.2)
+        if t_last is None:
+            print("worker did not finish the backlog in time")
+            return 1
+        rate = (args.events - n_first) / (t_last - t_first)
+        print(f"worker, every sink on (backlog):       {rate:>10,.0f} events/s   ({rate / raw:.0%} of the ceiling)")
+
+        before = scrape(settings)
+        live = vitals_payloads(int(args.rate * args.seconds), args.patients, int(time.time() * 1000), seed=2)
+        asyncio.run(produce_all(settings, live, rate=args.rate))
+        time.sleep(2)  # the last records' latency is observed after their Redis write
+        after = scrape(settings)
+        base_name = "vitalstream_feature_update_latency_seconds"
+        diff = {k: after[k] - before.get(k, 0.0) for k in after if k.startswith(base_name)}
+        p50, p99 = (quantile_from_histogram(diff, base_name, q) * 1000 for q in (0.5, 0.99))
+        print(f"arrival->Redis latency at {args.rate:,.0f}/s:   p50 {p50:6.1f} ms   p99 {p99:6.1f} ms   "
+              f"({int(diff.get(base_name + '_count', 0)):,} events)")
+    finally:
+        worker.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
