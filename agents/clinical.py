@@ -47,6 +47,8 @@ class _LiveState:
         self.unacked: list = []
         self.merge = TimestampMerge(settings.merge_grace_ms, settings.merge_max_idle_ms)
         self.inflight: asyncio.Task | None = None
+        self.online_since: float | None = None  # when the oldest vector not yet in Redis was computed
+        self.backlogged = False
         self.stream = None
         self.last_flush = time.monotonic()
         self.lock = asyncio.Lock()
@@ -60,6 +62,16 @@ class _LiveState:
         self.merge.clear()
         self.revoked = False
 
+    def online_due(self) -> bool:
+        if self.online_since is None:
+            return False
+        interval = settings.online_flush_backlog_ms if self.backlogged else settings.online_flush_ms
+        return (time.monotonic() - self.online_since) * 1000 >= interval
+
+    def flush_online(self) -> None:
+        self.pipeline.flush_online()
+        self.online_since = None
+
     def flush_due(self) -> bool:
         return bool(self.unacked) and (
             self.pipeline.lake_rows_buffered >= settings.flush_max_rows
@@ -72,6 +84,7 @@ class _LiveState:
         (changelog and dead letters acknowledged), and only then acks the records, so the
         committed offset never passes data the sinks do not hold. One completion at a time.
         """
+        self.flush_online()  # acked records must have their vectors in Redis too
         if self.inflight is not None:
             await self.inflight  # keeps completions in order, and applies back-pressure
         sealed = self.pipeline.seal_lake()
@@ -148,6 +161,8 @@ async def _on_tick() -> None:
     async with live.lock:
         if live.merge.buffered:
             await _process_released(live)
+        if live.online_due():
+            live.flush_online()
         if live.flush_due():
             await live.flush_and_ack()
 
@@ -169,7 +184,10 @@ async def _process_released(live: _LiveState) -> None:
     sends: list = []
     for rec, event in released:
         await _process_one(live, rec, event, sends)
-    live.pipeline.flush_online()
+    if live.online_since is None and live.pipeline.online is not None and live.pipeline.online.buffered:
+        live.online_since = time.monotonic()
+    if live.online_due():
+        live.flush_online()
     live.unacked.extend(event for _, event in released)
     if sends:
         metrics.EVENTS_OUT.labels("deadletter").inc(len(sends))
@@ -199,6 +217,10 @@ async def process_clinical(stream) -> None:  # noqa: ANN001
         async with live.lock:
             if live.revoked:
                 live.reset()
+            # Catching up (far behind the highwater): coalesce Redis writes over a longer interval.
+            last = events[-1].message
+            highwater = app.consumer.highwater(last.tp)
+            live.backlogged = highwater is not None and highwater - last.offset > settings.batch_max_events
             now_ms = time.time() * 1000
             sends: list = []
             for event in events:

@@ -9,7 +9,6 @@ per flush and pipelined.
 """
 from __future__ import annotations
 
-import math
 from datetime import datetime, timezone
 from typing import Iterable, Sequence
 
@@ -32,13 +31,11 @@ return 1
 """
 
 
+_NAMES = [name.encode() for name in FEATURE_NAMES]
+
+
 def features_key(patient_id: str) -> str:
     return f"patient:{patient_id}:features"
-
-
-def _fmt(value: float) -> str:
-    # repr round-trips a float64 exactly; NaN (undefined feature) is stored as "nan".
-    return "nan" if math.isnan(value) else repr(float(value))
 
 
 def iso_utc(ts_ms: int) -> str:
@@ -95,12 +92,14 @@ class OnlineStore(_Coalescing):
         if not self._pending:
             return 0
         pipe = self.client.pipeline(transaction=False)
+        n = len(_NAMES)
         for patient_id, (ts_ms, event_id, values) in self._pending.items():
-            args: list = [ts_ms, self.ttl_seconds, "updated_at_ms", ts_ms, "updated_at", iso_utc(ts_ms),
-                          "event_id", event_id, "feature_version", FEATURE_VERSION]
-            for name, value in zip(FEATURE_NAMES, values):
-                args.append(name)
-                args.append(_fmt(value))
+            args: list = [ts_ms, self.ttl_seconds, b"updated_at_ms", ts_ms, b"updated_at", iso_utc(ts_ms),
+                          b"event_id", event_id, b"feature_version", FEATURE_VERSION, *([None] * (2 * n))]
+            # Pre-encoded bytes: redis-py then packs them as they are (this loop is the sink's hot path).
+            # repr round-trips a float64 exactly; an undefined feature (NaN) is stored as "nan".
+            args[10::2] = _NAMES
+            args[11::2] = [b"nan" if v != v else repr(v).encode() for v in np.asarray(values).tolist()]
             self._script(keys=[features_key(patient_id)], args=args, client=pipe)
         written = sum(int(r) for r in pipe.execute())
         self._pending.clear()

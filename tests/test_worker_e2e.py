@@ -109,6 +109,19 @@ def test_simulated_stream_reaches_redis_and_lake(env, tmp_path):
     # Redis hashes carry the TTL and metadata.
     some = next(iter(oracle.online))
     assert 0 < client.ttl(f"patient:{some}:features") <= 48 * 3600
+    # The worker's Prometheus metrics account for every record.
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://{settings.host}:{settings.metrics_port}/metrics", timeout=5).read().decode()
+    metrics = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line and not line.startswith("#")}
+    consumed = sum(v for k, v in metrics.items() if k.startswith("vitalstream_events_in_total{"))
+    assert consumed >= len(produced.records)
+    rejected = sum(v for k, v in metrics.items() if k.startswith("vitalstream_rejected_total{"))
+    assert rejected == len(oracle.deadletters)
+    for name in ("vitalstream_feature_update_latency_seconds_count", "vitalstream_flush_rows_count{sink=\"offline\"}",
+                 "vitalstream_consumer_lag{", "vitalstream_flush_seconds_count{sink=\"bronze\"}"):
+        assert any(k.startswith(name) for k in metrics), name
 
 
 def test_kill9_mid_stream_loses_nothing_and_duplicates_nothing(env, tmp_path):

@@ -1,0 +1,146 @@
+"""Sinks against the real services: the Redis online store and the lake on S3 and on a local folder."""
+from __future__ import annotations
+
+from datetime import date
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as ds
+import pytest
+import redis
+
+from sinks.lake import Lake, cleanup
+from sinks.offline import OfflineFeatureSink, read_offline
+from sinks.online import OnlineStore, features_key, read_features
+from sinks.partitioned import OffsetTrackedSink
+from tables.features.registry import FEATURE_NAMES, FEATURE_VERSION, N_FEATURES
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture(params=["s3", "file"])
+def lake(request, stack, unique, tmp_path) -> Lake:
+    uri = f"s3://{stack.lake_bucket}/tests/{unique}" if request.param == "s3" else f"file://{tmp_path}/lake"
+    return Lake.from_settings(stack, uri)
+
+
+@pytest.fixture
+def client(stack) -> redis.Redis:
+    c = redis.Redis.from_url(stack.redis_url.rsplit("/", 1)[0] + "/15")
+    c.flushdb()
+    yield c
+    c.flushdb()
+
+
+def vector(seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=N_FEATURES)
+    v[::7] = np.nan  # undefined features
+    return v
+
+
+def test_online_store_roundtrip_ttl_and_registry_order(client):
+    store = OnlineStore(client)
+    v = vector(1)
+    store.add("PT00001", 1_772_366_400_000, "ev-1", v)
+    assert store.flush() == 1
+    values, meta = read_features(client, "PT00001")
+    assert np.array_equal(values, v, equal_nan=True)  # exact float64 round trip, NaN kept
+    assert meta == {"updated_at": "2026-03-01T12:00:00.000Z", "updated_at_ms": "1772366400000", "event_id": "ev-1",
+                    "feature_version": FEATURE_VERSION}
+    assert 47 * 3600 < client.ttl(features_key("PT00001")) <= 48 * 3600
+    assert client.hlen(features_key("PT00001")) == N_FEATURES + 4
+
+
+def test_online_store_never_overwrites_newer_with_older(client):
+    store = OnlineStore(client)
+    newer, older = vector(2), vector(3)
+    store.add("PT00002", 2_000, "new", newer)
+    store.flush()
+    client.expire(features_key("PT00002"), 100)
+    store.add("PT00002", 1_000, "old", older)  # e.g. a replay of older history
+    assert store.flush() == 0
+    values, meta = read_features(client, "PT00002")
+    assert meta["event_id"] == "new" and np.array_equal(values, newer, equal_nan=True)
+    store.add("PT00002", 2_000, "same-time-later-event", older)  # same event time: the later update wins
+    assert store.flush() == 1
+    assert read_features(client, "PT00002")[1]["event_id"] == "same-time-later-event"
+    assert client.ttl(features_key("PT00002")) > 100  # refreshed on write
+
+
+def test_online_store_coalesces_to_latest_per_patient(client):
+    store = OnlineStore(client)
+    for i in range(5):
+        store.add("PT00003", 1_000 + i, f"e{i}", vector(i))
+    assert store.buffered == 1
+    store.flush()
+    assert read_features(client, "PT00003")[1]["event_id"] == "e4"
+
+
+def _rows(sink: OfflineFeatureSink, day_ms: int, offsets: range) -> None:
+    for o in offsets:
+        sink.add_row("clinical.vitals", 0, o, f"PT{o % 3:05d}", day_ms + o * 60_000, f"e{o}", vector(o))
+        sink.advance("clinical.vitals", 0, o)
+
+
+def test_offline_store_readable_by_date_with_pyarrow_pandas_duckdb(lake):
+    sink = OfflineFeatureSink(lake)
+    d1, d2 = 1_772_323_200_000, 1_772_409_600_000  # 2026-03-01 and 2026-03-02, 00:00 UTC
+    _rows(sink, d1, range(0, 10))
+    _rows(sink, d2 - 10 * 60_000, range(10, 20))  # these land on 2026-03-02
+    sink.flush()
+    assert read_offline(lake).num_rows == 20
+    assert read_offline(lake, "2026-03-02", "2026-03-02").num_rows == 10
+    table = read_offline(lake, "2026-03-01", "2026-03-01")
+    assert table.column_names[:7] == ["patient_id", "timestamp", "event_id", "source_topic", "source_partition",
+                                      "source_offset", "feature_version"]
+    assert table.column_names[7:7 + N_FEATURES] == list(FEATURE_NAMES)
+    df = table.to_pandas()
+    assert isinstance(df, pd.DataFrame) and len(df) == 10 and str(df["timestamp"].dt.tz) == "UTC"
+    # Plain pyarrow.dataset with hive partitioning, and duckdb over that dataset.
+    dataset = ds.dataset(lake.full("features/offline"), filesystem=lake.fs, format="parquet", partitioning="hive")
+    assert dataset.to_table(filter=ds.field("date") == "2026-03-02").num_rows == 10
+    con = duckdb.connect()
+    con.register("offline", dataset)
+    assert con.execute("SELECT count(*) FROM offline WHERE date = '2026-03-01'").fetchone()[0] == 10
+
+
+def test_retried_batch_neither_duplicates_nor_loses(lake):
+    sink = OfflineFeatureSink(lake)
+    day = 1_772_323_200_000
+    _rows(sink, day, range(0, 10))
+    sink.flush()
+    # A flush that crashed after writing its object but before its watermark marker.
+    _rows(sink, day, range(10, 15))
+    for path, rows in sink.seal().objects:
+        lake.put(path, sink.encode(rows))
+    # A restarted worker: recovers (deleting the orphan), then sees everything from offset 5 again.
+    restarted = OfflineFeatureSink(lake)
+    assert not restarted.accepts("clinical.vitals", 0, 9) and restarted.accepts("clinical.vitals", 0, 10)
+    for o in range(5, 20):
+        if restarted.accepts("clinical.vitals", 0, o):
+            _rows(restarted, day, range(o, o + 1))
+    restarted.flush()
+    offsets = sorted(read_offline(lake).column("source_offset").to_pylist())
+    assert offsets == list(range(20))
+
+
+def test_lake_cleanup_applies_retention(lake):
+    for path in ("raw/clinical.vitals/date=2026-01-01/hour=00/a.ndjson",
+                 "raw/clinical.vitals/date=2026-05-01/hour=00/b.ndjson",
+                 "processed/clinical.vitals/date=2024-01-01/c.parquet",
+                 "processed/clinical.vitals/date=2026-01-01/d.parquet"):
+        lake.put(path, b"x")
+    assert cleanup(lake, today=date(2026, 6, 1), dry_run=True) == {"raw/": 1, "processed/": 1}
+    assert len(lake.list("")) == 4
+    cleanup(lake, today=date(2026, 6, 1))
+    assert sorted(o.path for o in lake.list("")) == ["processed/clinical.vitals/date=2026-01-01/d.parquet",
+                                                     "raw/clinical.vitals/date=2026-05-01/hour=00/b.ndjson"]
+
+
+def test_atomic_local_writes_leave_no_temp_files(tmp_path, stack):
+    lake = Lake.from_settings(stack, f"file://{tmp_path}/lake")
+    sink = OffsetTrackedSink(lake, "t", "x", "bin", lambda rows: b"".join(rows))
+    sink.add("topic", 0, 1, "d", b"a")
+    sink.flush()
+    assert [p.name for p in (tmp_path / "lake").rglob("*") if p.name.startswith(".tmp-")] == []
