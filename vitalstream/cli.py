@@ -134,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=None, help="total simulated records/s (default: real time)")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--history-days", type=float, default=1.0, help="backdated history sent before going live")
     demo.set_defaults(func=_demo)
     return parser
 

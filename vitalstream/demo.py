@@ -37,8 +37,9 @@ async def _offsets(settings: Settings) -> tuple[dict[str, int], dict[str, int]]:
     await consumer.start()
     await admin.start()
     try:
+        metadata = await consumer._client.fetch_all_metadata()  # the consumer's own view is per subscription
         names = {topics.kafka_name(settings, t): t for t in topics.ALL_TOPICS}
-        tps = [TopicPartition(k, p) for k in names for p in (consumer.partitions_for_topic(k) or [])]
+        tps = [TopicPartition(k, p) for k in names for p in (metadata.partitions_for_topic(k) or [])]
         ends = await consumer.end_offsets(tps)
         committed = await admin.list_consumer_group_offsets(settings.app_id)
     finally:
@@ -90,7 +91,9 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     console.print("[bold]2/3 stream worker[/] (faust -A app worker)")
     worker, worker_log = _spawn("worker", [sys.executable, "-m", "faust", "-A", "app", "worker", "-l", "info"], settings)
     console.print("[bold]3/3 simulator[/] (live)")
-    sim_cmd = [*exe, "simulate", "--live", "--patients", str(args.patients), "--seed", str(args.seed), "--quiet"]
+    # A day of backdated history first (so there is something to see at once), then real time.
+    sim_cmd = [*exe, "simulate", "--live", "--days", str(args.history_days), "--patients", str(args.patients),
+               "--seed", str(args.seed), "--quiet"]
     if args.rate:
         sim_cmd += ["--rate", str(args.rate)]
     simulator, sim_log = _spawn("simulator", sim_cmd, settings)
