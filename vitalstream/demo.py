@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -20,11 +21,26 @@ from vitalstream.stack.process import StackError, stop_pid
 console = Console()
 
 
-def _spawn(name: str, cmd: list[str], settings: Settings) -> tuple[subprocess.Popen, Path]:
+def _spawn(name: str, cmd: list[str], settings: Settings, env: dict[str, str]) -> tuple[subprocess.Popen, Path]:
     log = settings.stack_dir.resolve() / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     out = open(log, "ab")
-    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True), log
+    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, **env}), log
+
+
+def demo_namespace(settings: Settings) -> tuple[Settings, dict[str, str]]:
+    """Each demo run gets its own topics, consumer group and lake prefix.
+
+    A second run re-simulates the same patient ids over the same hours; mixed into the
+    first run's history, its records would be late or duplicates of the first run's.
+    """
+    run = f"demo{int(time.time())}"
+    lake_uri = f"{settings.lake_uri.rstrip('/')}/{run}"
+    env = {"VITALSTREAM_TOPIC_PREFIX": f"{run}.", "VITALSTREAM_APP_ID": f"vitalstream-{run}",
+           "VITALSTREAM_LAKE_URI": lake_uri, "VITALSTREAM_WORKER_DATA_DIR": str(settings.stack_dir / run)}
+    return settings.model_copy(update={"topic_prefix": f"{run}.", "app_id": f"vitalstream-{run}",
+                                       "lake_uri": lake_uri}), env
 
 
 async def _offsets(settings: Settings) -> tuple[dict[str, int], dict[str, int]]:
@@ -88,15 +104,21 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         console.print(f"[red]✗ {exc}[/]")
         return 1
     exe = [sys.executable, "-m", "vitalstream.cli"]
+    settings, env = demo_namespace(settings)
+    from streams.topics import ensure_topics
+
+    ensure_topics(settings)
+    console.print(f"demo run: topics {settings.topic_prefix}clinical.*, lake {settings.lake_uri}")
     console.print("[bold]2/3 stream worker[/] (faust -A app worker)")
-    worker, worker_log = _spawn("worker", [sys.executable, "-m", "faust", "-A", "app", "worker", "-l", "info"], settings)
+    worker, worker_log = _spawn("worker", [sys.executable, "-m", "faust", "-A", "app", "worker", "-l", "info"], settings,
+                                 env)
     console.print("[bold]3/3 simulator[/] (live)")
     # A day of backdated history first (so there is something to see at once), then real time.
     sim_cmd = [*exe, "simulate", "--live", "--days", str(args.history_days), "--patients", str(args.patients),
                "--seed", str(args.seed), "--quiet"]
     if args.rate:
         sim_cmd += ["--rate", str(args.rate)]
-    simulator, sim_log = _spawn("simulator", sim_cmd, settings)
+    simulator, sim_log = _spawn("simulator", sim_cmd, settings, env)
     logs = {"worker": worker_log, "simulator": sim_log}
     started = time.monotonic()
     last: dict[str, int] = {}
