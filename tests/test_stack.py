@@ -41,7 +41,8 @@ def test_kafka_produce_and_consume(stack, unique):
 
 
 def test_topics_exist_with_retention(stack):
-    from aiokafka.admin import AIOKafkaAdminClient, ConfigResource, ConfigResourceType
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
     from streams.topics import ALL_TOPICS, topic_specs
 
