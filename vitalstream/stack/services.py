@@ -24,6 +24,12 @@ def _port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
         return False
 
 
+def _venv_tool(name: str) -> str | None:
+    """A console script of this Python environment (moto_server, mlflow), else one on PATH."""
+    exe = Path(sys.executable).parent / name
+    return str(exe) if exe.exists() else shutil.which(name)
+
+
 def _redact(url: str) -> str:
     return re.sub(r"//([^:/@]+):[^@]+@", r"//\1:***@", url)
 
@@ -394,13 +400,12 @@ class ObjectStore(Service):
         return self.settings.s3_endpoint_url or f"http://{self.settings.host}:{self.settings.s3_port}"
 
     def check_prerequisites(self) -> None:
-        if not (Path(sys.executable).parent / "moto_server").exists() and not shutil.which("moto_server"):
+        if _venv_tool("moto_server") is None:
             raise StackError("moto_server not found: pip install 'moto[server]' (or the project's [test] extra)")
 
     def start(self) -> None:
-        exe = Path(sys.executable).parent / "moto_server"
         port = urlsplit(self.url).port or self.settings.s3_port
-        spawn([str(exe) if exe.exists() else "moto_server", "-H", self.settings.host, "-p", str(port)],
+        spawn([_venv_tool("moto_server"), "-H", self.settings.host, "-p", str(port)],
               log_path=self.log_path, pid_file=self.pid_file)
 
     def client(self):
@@ -437,16 +442,15 @@ class MLflow(Service):
         return self.settings.mlflow_tracking_uri
 
     def check_prerequisites(self) -> None:
-        if not (Path(sys.executable).parent / "mlflow").exists() and not shutil.which("mlflow"):
+        if _venv_tool("mlflow") is None:
             raise StackError("mlflow not found: pip install mlflow (installed with the project)")
 
     def start(self) -> None:
         s = self.settings
-        exe = Path(sys.executable).parent / "mlflow"
         backend = s.postgres_url(s.postgres_mlflow_db).replace("postgresql://", "postgresql+psycopg2://", 1)
         port = urlsplit(self.url).port or s.mlflow_port
         env = {**s.s3_env(), "MLFLOW_BACKEND_STORE_URI": backend}  # via env: keeps the password out of `ps`
-        cmd = [str(exe) if exe.exists() else "mlflow", "server", "--host", s.host, "--port", str(port),
+        cmd = [_venv_tool("mlflow"), "server", "--host", s.host, "--port", str(port),
                "--artifacts-destination", s.mlflow_artifact_uri, "--workers", "1"]
         spawn(cmd, log_path=self.log_path, pid_file=self.pid_file, env=env, cwd=self.root)
 
