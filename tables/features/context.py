@@ -68,12 +68,13 @@ def demo_block(demo: dict[str, Any] | None) -> list[float]:
     bmi = w / (h / 100.0) ** 2 if w is not None and h is not None and w > 0 and h > 0 else nan
     arm = demo.get("arm")
     arms = [float(arm == a) for a in TRIAL_ARMS] if arm in TRIAL_ARMS else [nan] * len(TRIAL_ARMS)
-    comorb = set(demo.get("comorb") or ())
+    comorb = demo.get("comorb")  # None until an enrolment (or a non-empty list) states them
+    known = set(comorb) if comorb is not None else None
     return [
         float(age) if age is not None else nan,
         1.0 if sex == "M" else 0.0 if sex == "F" else nan,
         bmi,
         *arms,
-        float(len(comorb)),
-        *(float(c in comorb) for c in COMORBIDITIES),
+        float(len(known)) if known is not None else nan,
+        *((float(c in known) if known is not None else nan) for c in COMORBIDITIES),
     ]

@@ -77,6 +77,39 @@ class News2(NamedTuple):
     n_params: float
 
 
+def news2_vector(
+    resp_rate: float | None,
+    spo2: float | None,
+    on_oxygen: bool | float | None,
+    bp_systolic: float | None,
+    heart_rate: float | None,
+    consciousness: str | None,
+    temperature: float | None,
+) -> tuple[float, ...]:
+    """The ten NEWS2 outputs (registry order) as a plain tuple: the engine's hot path."""
+    subs = (
+        score_resp_rate(resp_rate),
+        score_spo2(spo2),
+        score_air_oxygen(on_oxygen),
+        score_bp_systolic(bp_systolic),
+        score_heart_rate(heart_rate),
+        score_consciousness(consciousness),
+        score_temperature(temperature),
+    )
+    total = 0.0
+    n = 0
+    red = 0.0
+    for s in subs:
+        if s == s:  # not NaN
+            total += s
+            n += 1
+            if s == 3.0:
+                red = 1.0
+    if n == 0:
+        return subs + (NAN, NAN, 0.0)
+    return subs + (total, red, float(n))
+
+
 def news2(
     resp_rate: float | None,
     spo2: float | None,
@@ -87,16 +120,4 @@ def news2(
     temperature: float | None,
 ) -> News2:
     """All NEWS2 outputs from one set of (latest) observations."""
-    subs = (
-        score_resp_rate(resp_rate),
-        score_spo2(spo2),
-        score_air_oxygen(on_oxygen),
-        score_bp_systolic(bp_systolic),
-        score_heart_rate(heart_rate),
-        score_consciousness(consciousness),
-        score_temperature(temperature),
-    )
-    avail = [s for s in subs if s == s]
-    if not avail:
-        return News2(*subs, NAN, NAN, 0.0)
-    return News2(*subs, float(sum(avail)), 1.0 if 3.0 in avail else 0.0, float(len(avail)))
+    return News2(*news2_vector(resp_rate, spo2, on_oxygen, bp_systolic, heart_rate, consciousness, temperature))

@@ -161,8 +161,8 @@ def _context() -> list[FeatureSpec]:
         FeatureSpec("bmi", "float64", "kg/m2", "weight_kg / (height_cm/100)^2", g),
     ]
     out += [FeatureSpec(f"arm_{slug(a)}", "bool", "1", f"trial arm one-hot: {a} (NaN if arm unknown)", g) for a in TRIAL_ARMS]
-    out.append(FeatureSpec("comorbidity_count", "int", "1", "number of known comorbidities (NaN without a patient record)", g))
-    out += [FeatureSpec(f"comorb_{slug(c)}", "bool", "1", f"has {c} (NaN without a patient record)", g) for c in COMORBIDITIES]
+    out.append(FeatureSpec("comorbidity_count", "int", "1", "number of comorbidities (NaN until stated at enrolment)", g))
+    out += [FeatureSpec(f"comorb_{slug(c)}", "bool", "1", f"has {c} (NaN until comorbidities are stated)", g) for c in COMORBIDITIES]
     out += [
         FeatureSpec("hours_since_enrollment", "float64", "h", "(t - enrolment time)/1h", g),
         FeatureSpec("hours_since_last_vital", "float64", "h", "(t - time of the last vitals record)/1h", g),

@@ -1,132 +1,248 @@
 """Exact, incremental rolling statistics of the vital signs over (t - w, t].
 
-Why integers: running float sums with eviction drift, and the variance
-``S2 - S1^2/n`` cancels catastrophically when a window's spread is small next
-to the values seen before it. Each value is mapped to the exact integer
-``V = value * 2**52`` (exact for every |value| >= 1, i.e. every vital sign) and
-times to integer ms relative to a per-patient anchor, so the running sums
-(n, sum V, sum V^2, sum T, sum T^2, sum T*V) are exact Python ints: adding and
-evicting never accumulates error and the outputs are single correctly-rounded
-divisions. The anchor is moved forward (an exact algebraic shift of the sums)
-only to keep the integers short. Min/max come from monotonic deques.
+Why integers: running float sums with eviction drift, and ``S2 - S1^2/n``
+cancels catastrophically when a window's spread is small next to the values
+that passed through it before. Here every value is mapped to an exact integer
+``V = value * D`` (``D = 10**k`` with the smallest k <= 4 that round-trips the
+value, which covers what devices report; otherwise ``D = 2**52``, exact for
+every |value| >= 1) and times to integer ms relative to a per-patient anchor.
+The running sums (n, sum V, sum V^2, sum T, sum T^2, sum T*V) are then exact
+Python ints: adding and evicting never accumulates error, the variance and
+slope numerators are exact, and only the final division rounds. Small decimal
+scales keep the integers short (fast); a signal's scale only ever grows and a
+change recomputes that signal's sums from the retained rows. The anchor moves
+forward by an exact algebraic shift of the sums, only to keep the integers short.
+
+Min/max: one pair of monotonic deques per signal over the widest window; the
+narrower windows' extremes are the first deque entries inside them (a suffix
+maximum of the 24 h window is also the maximum of any suffix window).
+
+Hot path (:meth:`VitalsWindows.push`): a current vitals row evicts, adds and
+recomputes each (signal, window) in one pass over local variables.
 """
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections import deque
 from math import nan, sqrt
-from typing import Optional
+from typing import Any, Optional
 
 from streams.vocab import VITAL_SIGNALS
 
 from .registry import HOUR_MS, WINDOWS, rolling_base
 
-SCALE_BITS = 52
-_SCALE = float(1 << SCALE_BITS)
-_INV1 = 2.0**-SCALE_BITS
-_INV2 = 2.0 ** (-2 * SCALE_BITS)
-WINDOW_MS: tuple[int, ...] = tuple(ms for _, ms in WINDOWS)
+WINDOW_MS: tuple[int, ...] = tuple(ms for _, ms in WINDOWS)  # ascending, nested
+N_WINDOWS = len(WINDOW_MS)
+WIDEST_MS = WINDOW_MS[-1]
 N_SIGNALS = len(VITAL_SIGNALS)
 REANCHOR_MS = 48 * HOUR_MS
 _COMPACT_ROWS = 512  # drop dead rows in batches: `del rows[:k]` is a memmove
+_SCALES: tuple[int, ...] = (1, 10, 100, 1000, 10_000, 1 << 52)  # decimal k=0..4, then binary
+_BINARY = len(_SCALES) - 1
+_ZERO = (0, 0, 0, 0, 0, 0)  # (n, sum V, sum V^2, sum T, sum T^2, sum T*V)
+_EMPTY = (nan, nan, nan, nan, nan, 0)
 
 # In-memory vitals row: (ts_ms, source, *VITAL_SIGNALS values, consciousness, on_oxygen).
 Row = tuple
 ROW_VALUES = 2
 ROW_CONS = ROW_VALUES + N_SIGNALS
 ROW_O2 = ROW_CONS + 1
+_W0, _W1 = WINDOW_MS[0], WINDOW_MS[1]
+assert N_WINDOWS == 3  # the hot path is unrolled for three nested windows
 
 
-def to_fixed(value: float) -> int:
-    """Exact integer image of a float (truncates below 2**-52 only for |value| < 1)."""
-    return int(value * _SCALE)
+def fixed_point(value: float, mode: int) -> Optional[int]:
+    """Exact integer image of ``value`` at scale ``_SCALES[mode]``, None if it does not round-trip."""
+    d = _SCALES[mode]
+    x = value * d
+    v = int(x)
+    if v == x or mode == _BINARY:  # binary: exact for |value| >= 1, truncates below 2**-52 otherwise
+        return v
+    v = round(x)
+    return v if v / d == value else None
 
 
-class WindowStats:
-    """Exact moments and min/max deques of one signal over one window."""
+def required_mode(value: float, at_least: int = 0) -> int:
+    """Smallest scale mode >= at_least that represents ``value`` exactly."""
+    for mode in range(at_least, _BINARY):
+        if fixed_point(value, mode) is not None:
+            return mode
+    return _BINARY
 
-    __slots__ = ("n", "s1", "s2", "st", "stt", "stv", "qmax", "qmin", "dirty", "base")
 
-    def __init__(self, base: int) -> None:
-        self.n = self.s1 = self.s2 = self.st = self.stt = self.stv = 0
-        self.qmax: deque[tuple[int, float]] = deque()  # values strictly decreasing
-        self.qmin: deque[tuple[int, float]] = deque()  # values strictly increasing
+def window_stats(m: tuple[int, ...], d: int, dd: int, per_hour: float, hi: float, lo: float) -> tuple[float, ...]:
+    """(mean, std, min, max, trend per hour, count) from exact sums; NaN where undefined.
+
+    The hot path in :meth:`VitalsWindows.push` inlines the same expressions.
+    """
+    n, s1, s2, st, stt, stv = m
+    if n == 0:
+        return _EMPTY
+    if n == 1:
+        return (s1 / d, nan, lo, hi, nan, 1)
+    den = n * stt - st * st  # exact: 0 iff all times are equal
+    return (
+        s1 / (n * d),
+        sqrt((n * s2 - s1 * s1) / (n * (n - 1) * dd)),
+        lo,
+        hi,
+        float(n * stv - st * s1) / float(den) * per_hour if den else nan,
+        n,  # the int count becomes a float64 in the vector
+    )
+
+
+def _shift(m: tuple[int, ...], d: int) -> tuple[int, ...]:
+    """Re-express the time sums for T' = T - d (exact)."""
+    n, s1, s2, st, stt, stv = m
+    return (n, s1, s2, st - n * d, stt - 2 * d * st + n * d * d, stv - d * s1)
+
+
+class SignalWindows:
+    """One signal: exact sums per window, fixed-point scale, min/max deques over the widest window."""
+
+    __slots__ = ("m", "mode", "scale", "dd", "fscale", "per_hour", "mt", "mv", "nt", "nv", "dirty", "bases")
+
+    def __init__(self, signal: str) -> None:
+        self.m: list[tuple[int, ...]] = [_ZERO] * N_WINDOWS
+        self.mode = 0
+        self.scale = self.dd = 1
+        self.fscale = 1.0
+        self.per_hour = float(HOUR_MS)
+        self.mt: deque[int] = deque()  # max deque: times, values strictly decreasing
+        self.mv: deque[float] = deque()
+        self.nt: deque[int] = deque()  # min deque: times, values strictly increasing
+        self.nv: deque[float] = deque()
         self.dirty = True
-        self.base = base  # vector position of the `mean` stat
+        self.bases = tuple(rolling_base(signal, win) for win, _ in WINDOWS)
 
-    def stats(self) -> tuple[float, float, float, float, float, float]:
-        """(mean, std, min, max, trend per hour, count), NaN where undefined."""
-        n = self.n
-        if n == 0:
-            return (nan, nan, nan, nan, nan, 0.0)
-        s1 = self.s1
-        mean = (s1 / n) * _INV1
-        if n == 1:
-            return (mean, nan, self.qmin[0][1], self.qmax[0][1], nan, 1.0)
-        std = sqrt((n * self.s2 - s1 * s1) / (n * (n - 1)) * _INV2)
-        st = self.st
-        den = n * self.stt - st * st  # 0 exactly iff all times are equal
-        trend = ((n * self.stv - st * s1) * HOUR_MS) / den * _INV1 if den else nan
-        return (mean, std, self.qmin[0][1], self.qmax[0][1], trend, float(n))
+    def fix(self, v: float) -> int:
+        """Fixed-point image of a value already accepted at the current scale."""
+        x = v * self.fscale
+        r = int(x)
+        if r != x:
+            r = fixed_point(v, self.mode)  # type: ignore[assignment]
+        return r
 
-    def shift(self, d: int) -> None:
-        """Re-express the time sums for T' = T - d (exact)."""
-        n, st = self.n, self.st
-        self.stt += n * d * d - 2 * d * st
-        self.stv -= d * self.s1
-        self.st = st - n * d
+    def rescale(self, mode: int, si: int, rows: list[Row], wstart: list[int], anchor: int) -> None:
+        """Switch to a finer scale and recompute every window's sums from the rows (rare)."""
+        self.mode, self.scale = mode, _SCALES[mode]
+        self.dd = self.scale * self.scale
+        self.fscale = float(self.scale)
+        self.per_hour = HOUR_MS / self.scale
+        col = ROW_VALUES + si
+        for wi in range(N_WINDOWS):
+            n = s1 = s2 = st = stt = stv = 0
+            for row in rows[wstart[wi] :]:
+                v = row[col]
+                if v is not None:
+                    V, T = self.fix(v), row[0] - anchor
+                    n += 1
+                    s1 += V
+                    s2 += V * V
+                    st += T
+                    stt += T * T
+                    stv += T * V
+            self.m[wi] = (n, s1, s2, st, stt, stv)
+        self.dirty = True
 
+    def add(self, w0: int, ts: int, T: int, V: int, v: float) -> None:
+        """Add one observation to windows w0.. (general path)."""
+        m = self.m
+        for wi in range(w0, N_WINDOWS):
+            n, s1, s2, st, stt, stv = m[wi]
+            m[wi] = (n + 1, s1 + V, s2 + V * V, st + T, stt + T * T, stv + T * V)
+        self.dirty = True
+        mt = self.mt
+        if not mt or ts >= mt[-1]:
+            self.push_extreme(ts, v)
+        else:
+            self.insert_extreme(ts, v)
 
-def _insert_sorted(q: deque, item: tuple[int, float], is_max: bool) -> None:
-    """Insert an out-of-order observation into a monotonic deque (rare path)."""
-    ts, v = item
-    items = list(q)
-    i = len(items)
-    while i and items[i - 1][0] > ts:  # equal times count as earlier: arrival order
-        i -= 1
-    after = items[i:]
-    # items[i] is the maximum (minimum) of everything after the new item.
-    if after and (after[0][1] >= v if is_max else after[0][1] <= v):
-        return
-    before = items[:i]
-    while before and (before[-1][1] <= v if is_max else before[-1][1] >= v):
-        before.pop()
-    q.clear()
-    q.extend(before)
-    q.append(item)
-    q.extend(after)
+    def push_extreme(self, ts: int, v: float) -> None:
+        mt, mv = self.mt, self.mv
+        while mv and mv[-1] <= v:
+            mv.pop()
+            mt.pop()
+        mt.append(ts)
+        mv.append(v)
+        nt, nv = self.nt, self.nv
+        while nv and nv[-1] >= v:
+            nv.pop()
+            nt.pop()
+        nt.append(ts)
+        nv.append(v)
+
+    def insert_extreme(self, ts: int, v: float) -> None:
+        """Insert an out-of-order observation into both monotonic deques (rare path)."""
+        for tq, vq, is_max in ((self.mt, self.mv, True), (self.nt, self.nv, False)):
+            times, vals = list(tq), list(vq)
+            p = bisect_right(times, ts)  # equal times count as earlier: arrival order
+            # vals[p] is the max (min) of everything after the new observation
+            if p < len(vals) and (vals[p] >= v if is_max else vals[p] <= v):
+                continue
+            j = p
+            while j and (vals[j - 1] <= v if is_max else vals[j - 1] >= v):
+                j -= 1
+            times[j:p], vals[j:p] = [ts], [v]
+            tq.clear()
+            tq.extend(times)
+            vq.clear()
+            vq.extend(vals)
+
+    def evict_extremes(self, cut: int) -> None:
+        for tq, vq in ((self.mt, self.mv), (self.nt, self.nv)):
+            while tq and tq[0] <= cut:
+                tq.popleft()
+                vq.popleft()
+
+    def extremes(self, wi: int, t: int) -> tuple[float, float]:
+        """(max, min) of window ``wi``; only meaningful when it holds observations."""
+        if wi == N_WINDOWS - 1:
+            return self.mv[0], self.nv[0]
+        cut = t - WINDOW_MS[wi]
+        return self.mv[bisect_right(self.mt, cut)], self.nv[bisect_right(self.nt, cut)]
+
+    def write(self, vec: list[float], t: int) -> None:
+        """Write every window's stats into ``vec`` (general path)."""
+        for wi in range(N_WINDOWS):
+            m = self.m[wi]
+            b = self.bases[wi]
+            if m[0] == 0:
+                vec[b : b + 6] = _EMPTY
+            else:
+                hi, lo = self.extremes(wi, t)
+                vec[b : b + 6] = window_stats(m, self.scale, self.dd, self.per_hour, hi, lo)
+        self.dirty = False
 
 
 class VitalsWindows:
-    """A patient's retained vitals rows, sorted by (ts, arrival), and their window stats.
+    """A patient's retained vitals rows, sorted by (ts, arrival), and their window statistics.
 
-    The caller advances the evaluation time ``t`` (the patient's latest event
-    time) with :meth:`advance` before inserting a row; rows may be inserted
-    behind ``t`` (late events), they land at their sorted position.
+    The evaluation time ``t`` is the patient's latest event time. The general
+    path is :meth:`advance` (move t, evict) + :meth:`insert` (a row at its sorted
+    position, possibly behind t) + :meth:`write_rolling`; :meth:`push` does all
+    three at once for the common case of a current row.
     """
 
-    __slots__ = ("t", "anchor", "keep_ms", "rows", "rts", "wstart", "accs", "last")
+    __slots__ = ("t", "anchor", "keep_ms", "rows", "rts", "wstart", "sigs", "last")
 
     def __init__(self, t: int, keep_ms: int) -> None:
         self.t = t
         self.anchor = t
-        self.keep_ms = keep_ms  # rows this recent are kept for de-duplication even outside the windows
+        self.keep_ms = keep_ms  # rows this recent are kept for de-duplication, even outside the windows
         self.rows: list[Row] = []
         self.rts: list[int] = []
-        self.wstart = [0] * len(WINDOW_MS)  # first row index inside each window
-        self.accs: tuple[tuple[WindowStats, ...], ...] = tuple(
-            tuple(WindowStats(rolling_base(sig, win)) for win, _ in WINDOWS) for sig in VITAL_SIGNALS
-        )
+        self.wstart = [0] * N_WINDOWS  # first row index inside each window
+        self.sigs = tuple(SignalWindows(s) for s in VITAL_SIGNALS)
         # (ts, value) of the last observation per signal, then consciousness, then on_oxygen.
-        self.last: list[Optional[tuple[int, object]]] = [None] * (N_SIGNALS + 2)
+        self.last: list[Optional[tuple[int, Any]]] = [None] * (N_SIGNALS + 2)
 
-    # -- queries -------------------------------------------------------------------
     def is_duplicate(self, ts: int, source: str) -> bool:
         rts = self.rts
         if not rts or ts > rts[-1]:
             return False
-        rows = self.rows
-        i, n = bisect_left(rts, ts), len(rts)
+        rows, n = self.rows, len(rts)
+        i = bisect_left(rts, ts)
         while i < n and rts[i] == ts:
             if rows[i][1] == source:
                 return True
@@ -134,134 +250,237 @@ class VitalsWindows:
         return False
 
     def write_rolling(self, vec: list[float]) -> None:
-        """Refresh the rolling stats of every window whose content changed."""
-        for per_sig in self.accs:
-            for a in per_sig:
-                if a.dirty:
-                    b = a.base
-                    vec[b : b + 6] = a.stats()
-                    a.dirty = False
+        """Refresh the rolling block of ``vec`` for every signal whose windows changed."""
+        t = self.t
+        for sig in self.sigs:
+            if sig.dirty:
+                sig.write(vec, t)
 
-    # -- updates ---------------------------------------------------------------------
+    # -- general path -------------------------------------------------------------
     def advance(self, t: int) -> None:
         """Move the evaluation time forward to ``t``, evicting rows that left each window."""
         if t <= self.t:
             return
         self.t = t
-        rows, rts, accs, wstart = self.rows, self.rts, self.accs, self.wstart
+        rows, rts, sigs, wstart = self.rows, self.rts, self.sigs, self.wstart
         nrows = len(rts)
         anchor = self.anchor
-        for wi, width in enumerate(WINDOW_MS):
-            cut = t - width
+        for wi in range(N_WINDOWS):
+            cut = t - WINDOW_MS[wi]
             i = wstart[wi]
-            if i >= nrows or rts[i] > cut:
-                continue
             while i < nrows and rts[i] <= cut:
                 row = rows[i]
                 T = row[0] - anchor
-                TT = T * T
                 for si in range(N_SIGNALS):
                     v = row[ROW_VALUES + si]
-                    if v is None:
-                        continue
-                    V = int(v * _SCALE)
-                    a = accs[si][wi]
-                    a.n -= 1
-                    a.s1 -= V
-                    a.s2 -= V * V
-                    a.st -= T
-                    a.stt -= TT
-                    a.stv -= T * V
-                    a.dirty = True
+                    if v is not None:
+                        sig = sigs[si]
+                        V = sig.fix(v)
+                        n, s1, s2, st, stt, stv = sig.m[wi]
+                        sig.m[wi] = (n - 1, s1 - V, s2 - V * V, st - T, stt - T * T, stv - T * V)
+                        sig.dirty = True
                 i += 1
             wstart[wi] = i
-            for per_sig in accs:
-                a = per_sig[wi]
-                q = a.qmax
-                while q and q[0][0] <= cut:
-                    q.popleft()
-                q = a.qmin
-                while q and q[0][0] <= cut:
-                    q.popleft()
-        if wstart[-1] >= _COMPACT_ROWS:
-            self._compact()
-        if t - anchor > REANCHOR_MS:
-            d = t - anchor
-            for per_sig in accs:
-                for a in per_sig:
-                    a.shift(d)
-            self.anchor = t
-
-    def _compact(self) -> None:
-        # Rows before the widest window are dead unless still inside the lateness horizon.
-        k = min(self.wstart[-1], bisect_left(self.rts, self.t - self.keep_ms))
-        if k <= 0:
-            return
-        del self.rows[:k]
-        del self.rts[:k]
-        self.wstart = [s - k for s in self.wstart]
+        cut = t - WIDEST_MS
+        for sig in sigs:
+            sig.evict_extremes(cut)
+        self._housekeeping()
 
     def insert(self, row: Row) -> None:
         """Add one accepted row (``row[0] <= t``) to the rows, windows and latest values."""
         ts = row[0]
-        rts, rows = self.rts, self.rows
-        appended = not rts or ts >= rts[-1]
-        if appended:
-            rts.append(ts)
-            rows.append(row)
-        else:
-            p = bisect_right(rts, ts)
-            rts.insert(p, ts)
-            rows.insert(p, row)
-        t, wstart = self.t, self.wstart
-        inside = []
-        for wi, width in enumerate(WINDOW_MS):
-            if ts > t - width:
-                inside.append(wi)
+        rts, rows, sigs, wstart = self.rts, self.rows, self.sigs, self.wstart
+        # Fixed-point images first: a finer scale recomputes sums from the rows without this one.
+        fixed: list[Optional[int]] = [None] * N_SIGNALS
+        for si in range(N_SIGNALS):
+            v = row[ROW_VALUES + si]
+            if v is not None:
+                sig = sigs[si]
+                V = fixed_point(v, sig.mode)
+                if V is None:
+                    sig.rescale(required_mode(v, sig.mode), si, rows, wstart, self.anchor)
+                    V = sig.fix(v)
+                fixed[si] = V
+        p = bisect_right(rts, ts)
+        rts.insert(p, ts)
+        rows.insert(p, row)
+        t = self.t
+        w0 = N_WINDOWS  # windows w0.. (nested) contain the row
+        for wi in range(N_WINDOWS - 1, -1, -1):
+            if ts > t - WINDOW_MS[wi]:
+                w0 = wi
             else:  # the row sits before this window's start, which shifts by one
                 wstart[wi] += 1
-        last = self.last
         T = ts - self.anchor
-        TT = T * T
-        item_v: float
+        for si in range(N_SIGNALS):
+            V = fixed[si]
+            if V is not None and w0 < N_WINDOWS:
+                sigs[si].add(w0, ts, T, V, row[ROW_VALUES + si])
+        self._track_last(row)
+
+    def _track_last(self, row: Row) -> None:
+        ts, last = row[0], self.last
+        for k in range(N_SIGNALS + 2):
+            v = row[ROW_VALUES + k]
+            if v is not None:
+                prev = last[k]
+                if prev is None or ts >= prev[0]:
+                    last[k] = (ts, v)
+
+    def _housekeeping(self) -> None:
+        if self.wstart[-1] >= _COMPACT_ROWS:
+            # Rows before the widest window are dead unless still inside the lateness horizon.
+            k = min(self.wstart[-1], bisect_left(self.rts, self.t - self.keep_ms))
+            if k > 0:
+                del self.rows[:k]
+                del self.rts[:k]
+                self.wstart = [s - k for s in self.wstart]
+        d = self.t - self.anchor
+        if d > REANCHOR_MS:
+            for sig in self.sigs:
+                sig.m = [_shift(m, d) for m in sig.m]
+            self.anchor = self.t
+
+    # -- hot path -----------------------------------------------------------------
+    def push(self, row: Row, t: int, vec: list[float]) -> bool:
+        """Advance to ``t`` (>= row time), append a current row and refresh ``vec``'s rolling block.
+
+        Returns False, changing nothing, when the row needs the general path
+        (older than the newest row, outside the narrowest window, or a value
+        that needs a finer fixed-point scale).
+        """
+        ts = row[0]
+        rts, rows, sigs = self.rts, self.rows, self.sigs
+        if (rts and ts < rts[-1]) or ts <= t - _W0 or t < self.t:
+            return False
+        fixed: list[Optional[int]] = []
         for si in range(N_SIGNALS):
             v = row[ROW_VALUES + si]
             if v is None:
+                fixed.append(None)
                 continue
-            prev = last[si]
-            if prev is None or ts >= prev[0]:
-                last[si] = (ts, v)
-            if not inside:
-                continue
-            V = int(v * _SCALE)
-            VV = V * V
-            TV = T * V
-            item = (ts, v)
-            for wi in inside:
-                a = self.accs[si][wi]
-                a.n += 1
-                a.s1 += V
-                a.s2 += VV
-                a.st += T
-                a.stt += TT
-                a.stv += TV
-                a.dirty = True
-                qx, qn = a.qmax, a.qmin
-                if not qx or ts >= qx[-1][0]:
-                    while qx and qx[-1][1] <= v:
-                        qx.pop()
-                    qx.append(item)
+            x = v * sigs[si].fscale
+            V = int(x)
+            if V != x:
+                V = fixed_point(v, sigs[si].mode)  # type: ignore[assignment]
+                if V is None:
+                    return False
+            fixed.append(V)
+        self.t = t
+        rts.append(ts)
+        rows.append(row)
+        wstart = self.wstart
+        # Rows leaving each window: [old start, new start); the new row is inside all three.
+        ranges = []
+        for wi in range(N_WINDOWS):
+            cut = t - WINDOW_MS[wi]
+            i = j = wstart[wi]
+            while rts[j] <= cut:
+                j += 1
+            wstart[wi] = j
+            ranges.append((i, j, cut))
+        cut24 = ranges[-1][2]
+        anchor = self.anchor
+        T = ts - anchor
+        TT = T * T
+        for si in range(N_SIGNALS):
+            sig = sigs[si]
+            V = fixed[si]
+            col = ROW_VALUES + si
+            mt, mv, nt, nv = sig.mt, sig.mv, sig.nt, sig.nv
+            while mt and mt[0] <= cut24:
+                mt.popleft()
+                mv.popleft()
+            while nt and nt[0] <= cut24:
+                nt.popleft()
+                nv.popleft()
+            if V is not None:
+                v = row[col]
+                VV = V * V
+                TV = T * V
+                while mv and mv[-1] <= v:
+                    mv.pop()
+                    mt.pop()
+                mt.append(ts)
+                mv.append(v)
+                while nv and nv[-1] >= v:
+                    nv.pop()
+                    nt.pop()
+                nt.append(ts)
+                nv.append(v)
+            sm = sig.m
+            d = sig.scale
+            dd = sig.dd
+            fs = sig.fscale
+            per_hour = sig.per_hour
+            bases = sig.bases
+            pending = sig.dirty  # changed on the general path since the last write
+            for wi in range(N_WINDOWS):
+                i, j, cut = ranges[wi]
+                if V is None and i == j and not pending:
+                    continue
+                n, s1, s2, st, stt, stv = sm[wi]
+                changed = V is not None or pending
+                while i < j:
+                    r = rows[i]
+                    i += 1
+                    x = r[col]
+                    if x is None:
+                        continue
+                    y = x * fs
+                    X = int(y)
+                    if X != y:
+                        X = sig.fix(x)
+                    Tr = r[0] - anchor
+                    n -= 1
+                    s1 -= X
+                    s2 -= X * X
+                    st -= Tr
+                    stt -= Tr * Tr
+                    stv -= Tr * X
+                    changed = True
+                if not changed:
+                    continue
+                if V is not None:
+                    n += 1
+                    s1 += V
+                    s2 += VV
+                    st += T
+                    stt += TT
+                    stv += TV
+                sm[wi] = (n, s1, s2, st, stt, stv)
+                b = bases[wi]
+                # Same expressions as window_stats (bit-identical results on both paths).
+                if n == 0:
+                    vec[b : b + 6] = _EMPTY
+                    continue
+                if wi == 2:
+                    hi = mv[0]
+                    lo = nv[0]
                 else:
-                    _insert_sorted(qx, item, True)
-                if not qn or ts >= qn[-1][0]:
-                    while qn and qn[-1][1] >= v:
-                        qn.pop()
-                    qn.append(item)
-                else:
-                    _insert_sorted(qn, item, False)
-        for k in (ROW_CONS, ROW_O2):
-            v = row[k]
-            if v is not None:
-                prev = last[k - ROW_VALUES]
-                if prev is None or ts >= prev[0]:
-                    last[k - ROW_VALUES] = (ts, v)
+                    hi = mv[bisect_right(mt, cut)]
+                    lo = nv[bisect_right(nt, cut)]
+                if n == 1:
+                    vec[b : b + 6] = (s1 / d, nan, lo, hi, nan, 1)
+                    continue
+                den = n * stt - st * st
+                vec[b : b + 6] = (
+                    s1 / (n * d),
+                    sqrt((n * s2 - s1 * s1) / (n * (n - 1) * dd)),
+                    lo,
+                    hi,
+                    float(n * stv - st * s1) / float(den) * per_hour if den else nan,
+                    n,
+                )
+            sig.dirty = False
+        last = self.last
+        for k in range(N_SIGNALS):  # the newest row: its values are the latest ones
+            if fixed[k] is not None:
+                last[k] = (ts, row[ROW_VALUES + k])
+        if row[ROW_CONS] is not None:
+            last[N_SIGNALS] = (ts, row[ROW_CONS])
+        if row[ROW_O2] is not None:
+            last[N_SIGNALS + 1] = (ts, row[ROW_O2])
+        if wstart[-1] >= _COMPACT_ROWS or t - anchor > REANCHOR_MS:
+            self._housekeeping()
+        return True
