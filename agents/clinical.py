@@ -73,9 +73,13 @@ class _LiveState:
         self.online_since = None
 
     def flush_due(self) -> bool:
-        return bool(self.unacked) and (
-            self.pipeline.lake_rows_buffered >= settings.flush_max_rows
-            or time.monotonic() - self.last_flush >= settings.flush_max_seconds)
+        if not self.unacked:
+            return False
+        buffered = self.pipeline.lake_rows_buffered
+        if self.inflight is not None and not self.inflight.done():
+            # Keep processing while the previous batch is written; wait for it only when far behind.
+            return buffered >= 4 * settings.flush_max_rows
+        return buffered >= settings.flush_max_rows or time.monotonic() - self.last_flush >= settings.flush_max_seconds
 
     async def flush_and_ack(self) -> None:
         """Seal what is buffered and complete it in the background while processing goes on.
