@@ -52,15 +52,17 @@ class _LiveState:
         self.stream = None
         self.last_flush = time.monotonic()
         self.lock = asyncio.Lock()
-        self.revoked = False
+        self.revoked = False  # set from the start of a rebalance until the next batch of the new assignment
+        self.pending_sends: list = []  # dead-letter sends of unacked records
 
     def reset(self) -> None:
         # Unacked work is redone from the committed offsets by whoever owns the partitions next.
         self.store.discard()
         self.pipeline = build_pipeline(self.store)
         self.unacked.clear()
+        self.pending_sends.clear()
         self.merge.clear()
-        self.revoked = False
+        self.online_since = None
 
     def online_due(self) -> bool:
         if self.online_since is None:
@@ -94,26 +96,44 @@ class _LiveState:
         sealed = self.pipeline.seal_lake()
         generation = self.store.seal()
         events, self.unacked = self.unacked, []
+        sends, self.pending_sends = self.pending_sends, []
         self.last_flush = time.monotonic()
-        self.inflight = asyncio.create_task(self._complete(sealed, generation, events))
+        self.inflight = asyncio.create_task(self._complete(sealed, generation, events, sends))
 
-    async def _complete(self, sealed, generation, events) -> None:  # noqa: ANN001
-        for attempt in range(5):
-            try:
-                await asyncio.to_thread(self.pipeline.write_lake, sealed)
-                break
-            except Exception:
-                log.exception("lake write failed (attempt %d of 5)", attempt + 1)
-                if attempt == 4:
-                    # Stop hard: nothing of this batch was acked, so a restarted worker redoes it all.
-                    log.critical("the lake stayed unwritable; exiting so a supervisor restarts the worker")
-                    os._exit(70)
-                await asyncio.sleep(2 ** attempt)
-        self.store.apply(generation)
-        await app.producer.flush()
-        for event in events:
-            await self.stream.ack(event)
+    async def _complete(self, sealed, generation, events, sends) -> None:  # noqa: ANN001
+        try:
+            for attempt in range(5):
+                try:
+                    await asyncio.to_thread(self.pipeline.write_lake, sealed)
+                    break
+                except Exception:
+                    log.exception("lake write failed (attempt %d of 5)", attempt + 1)
+                    if attempt == 4:
+                        raise
+                    await asyncio.sleep(2 ** attempt)
+            self.store.apply(generation)
+            await app.producer.flush()
+            await asyncio.gather(*sends)  # a dead letter that failed to send must not be acked away
+            for event in events:
+                await self.stream.ack(event)
+        except Exception:
+            _fatal("completing a batch failed")
         self.inflight = None
+
+
+def _fatal(what: str) -> None:
+    """Stop hard. Nothing unacked is committed, so a restarted worker redoes it from the committed offsets;
+    carrying on with a half-done batch could commit offsets past data the sinks do not hold."""
+    log.critical("%s; exiting (70) so a supervisor restarts the worker", what, exc_info=True)
+    logging.shutdown()
+    os._exit(70)
+
+
+def _highwater(tp: TP) -> int | None:
+    try:
+        return app.consumer.highwater(tp)
+    except AssertionError:  # aiokafka: partition no longer assigned (a rebalance is under way)
+        return None
 
 
 _live: _LiveState | None = None
@@ -127,8 +147,17 @@ def build_pipeline(store: FaustTableStore) -> Pipeline:
 
 @app.on_partitions_revoked.connect
 async def _on_revoked(app_, revoked, **kwargs) -> None:  # noqa: ANN001
-    if _live is not None:
-        _live.revoked = True
+    # Faust seeks kept partitions back to their committed offsets after a rebalance, so uncommitted work
+    # is redone by whoever owns each partition next. Finish the batch already being written first, so no
+    # write of ours lands after the new owner has started.
+    live = _live
+    if live is None:
+        return
+    live.revoked = True
+    async with live.lock:
+        if live.inflight is not None:
+            await live.inflight
+        live.reset()
 
 
 @app.task
@@ -142,7 +171,7 @@ async def _on_worker_start() -> None:
 def _caught_up(topic: str, partition: int) -> bool:
     """True when nothing more of (topic, partition) is waiting at the broker for this worker."""
     tp = TP(topics.kafka_name(settings, topic), partition)
-    highwater = app.consumer.highwater(tp)
+    highwater = _highwater(tp)
     if highwater is None:
         return False
     last = _live.merge.last_offset.get((topic, partition)) if _live else None
@@ -160,15 +189,18 @@ async def _on_tick() -> None:
     # noack_take yields only when records arrive: release records that waited out their grace, and flush a
     # quiet stream's tail, from here.
     live = _live
-    if live is None or live.lock.locked():
+    if live is None or live.revoked or live.lock.locked():
         return
-    async with live.lock:
-        if live.merge.buffered:
-            await _process_released(live)
-        if live.online_due():
-            live.flush_online()
-        if live.flush_due():
-            await live.flush_and_ack()
+    try:
+        async with live.lock:
+            if live.merge.buffered:
+                await _process_released(live)
+            if live.online_due():
+                live.flush_online()
+            if live.flush_due():
+                await live.flush_and_ack()
+    except Exception:
+        _fatal("the flush timer failed")
 
 
 async def _dead_letter_on_error(msg, sends: list) -> None:  # noqa: ANN001
@@ -185,16 +217,18 @@ async def _dead_letter_on_error(msg, sends: list) -> None:  # noqa: ANN001
 async def _process_released(live: _LiveState) -> None:
     """Run the records the merge releases through the pipeline; write Redis once for all of them."""
     released = live.merge.release(time.time() * 1000, _caught_up)
-    sends: list = []
+    # Released records are owed an ack whatever happens next.
+    live.unacked.extend(event for _, event in released)
+    sends: list = live.pending_sends
+    n_sends = len(sends)
     for rec, event in released:
         await _process_one(live, rec, event, sends)
     if live.online_since is None and live.pipeline.online is not None and live.pipeline.online.buffered:
         live.online_since = time.monotonic()
     if live.online_due():
         live.flush_online()
-    live.unacked.extend(event for _, event in released)
-    if sends:
-        metrics.EVENTS_OUT.labels("deadletter").inc(len(sends))
+    if len(sends) > n_sends:
+        metrics.EVENTS_OUT.labels("deadletter").inc(len(sends) - n_sends)
 
 
 async def _process_one(live: _LiveState, rec: RawRecord, event, sends: list) -> None:  # noqa: ANN001
@@ -202,12 +236,14 @@ async def _process_one(live: _LiveState, rec: RawRecord, event, sends: list) -> 
     live.store.bind(event)
     try:
         dead = live.pipeline.process(rec)
+    except OSError:  # the lake (or another dependency) failed: not the record's fault, so never dead-letter it
+        raise
     except Exception:  # a bug must not stop the stream: dead-letter the record and go on
         await _dead_letter_on_error(msg, sends)
         return
     if dead is not None:
         sends.append(await deadletter_topic.send(key=dead.key, value=dead.value))
-    highwater = app.consumer.highwater(msg.tp)
+    highwater = _highwater(msg.tp)
     if highwater is not None:
         metrics.CONSUMER_LAG.labels(msg.topic, str(msg.partition)).set(max(highwater - msg.offset - 1, 0))
 
@@ -217,16 +253,23 @@ async def process_clinical(stream) -> None:  # noqa: ANN001
     global _live
     live = _live = _LiveState()
     live.stream = stream
+    try:
+        await _consume(live, stream)
+    except Exception:
+        # A restarted agent would start from empty state while its predecessor's records stay unacked.
+        _fatal("the stream agent failed")
+
+
+async def _consume(live: _LiveState, stream) -> None:  # noqa: ANN001
     async for events in stream.noack_take(settings.batch_max_events, within=settings.batch_max_seconds):
         async with live.lock:
-            if live.revoked:
-                live.reset()
+            live.revoked = False
             # Catching up (far behind the highwater): coalesce Redis writes over a longer interval.
             last = events[-1].message
-            highwater = app.consumer.highwater(last.tp)
+            highwater = _highwater(last.tp)
             live.backlogged = highwater is not None and highwater - last.offset > settings.batch_max_events
             now_ms = time.time() * 1000
-            sends: list = []
+            sends = live.pending_sends
             for event in events:
                 msg = event.message
                 rec = RawRecord(topics.logical_name(settings, msg.topic), msg.partition, msg.offset,

@@ -97,7 +97,8 @@ class FaustTableStore:
                     else:
                         self.table[key] = value
                     n += 1
-        self._sealed.remove(generation)
+        if generation in self._sealed:  # a reset (rebalance) may have dropped it already
+            self._sealed.remove(generation)
         return n
 
     def flush(self) -> int:

@@ -141,3 +141,27 @@ def test_kill9_mid_stream_loses_nothing_and_duplicates_nothing(env, tmp_path):
     second.wait_ready()
     wait_for(lambda: _count_offline(lake) >= oracle.offline_rows, 240, "the restarted worker to finish")
     assert_matches_oracle(settings, oracle, lake, client)
+
+
+def test_second_worker_joining_mid_stream_rebalances_without_loss(env, tmp_path):
+    settings, client, workers = env
+    produced = produce(settings, sim_items(seed=13, patients=16, hours=16))
+    oracle = run_oracle(settings, in_merge_order(produced), tmp_path / "oracle-lake")
+    lake = Lake.from_settings(settings)
+    first = WorkerProcess(settings, tmp_path / "worker1.log").start()
+    workers.append(first)
+    first.wait_ready()
+    wait_for(lambda: 0 < _count_offline(lake), 120, "the first rows in the offline store")
+    # A second worker of the same group: the partitions are split between the two (a rebalance).
+    from tests.harness import free_port
+
+    second_settings = settings.model_copy(update={"worker_port": free_port(), "metrics_port": free_port(),
+                                                  "worker_data_dir": tmp_path / "worker-data-2"})
+    second = WorkerProcess(second_settings, tmp_path / "worker2.log").start()
+    workers.append(second)
+    assert _count_offline(lake) < oracle.offline_rows, "the first worker finished before the second joined"
+    second.wait_ready()
+    assert "assigned" in second.log_text().lower()
+    wait_for(lambda: _count_offline(lake) >= oracle.offline_rows, 240, "both workers to finish")
+    assert_matches_oracle(settings, oracle, lake, client)
+    assert first.proc.poll() is None and second.proc.poll() is None, "a worker died in the rebalance"
