@@ -124,16 +124,22 @@ def test_simulated_stream_reaches_redis_and_lake(env, tmp_path):
         assert any(k.startswith(name) for k in metrics), name
 
 
-def test_kill9_mid_stream_loses_nothing_and_duplicates_nothing(env, tmp_path):
+def _first_worker_midway(env, tmp_path, seed: int, patients: int, hours: float):
+    """Produce a simulated history, start a worker, and return once part (not all) of it is in the lake."""
     settings, client, workers = env
-    produced = produce(settings, sim_items(seed=12, patients=10, hours=8))
+    produced = produce(settings, sim_items(seed=seed, patients=patients, hours=hours))
     oracle = run_oracle(settings, in_merge_order(produced), tmp_path / "oracle-lake")
     lake = Lake.from_settings(settings)
     first = WorkerProcess(settings, tmp_path / "worker1.log").start()
     workers.append(first)
     first.wait_ready()
-    # Kill once part of the stream is in the lake, well before the end.
     wait_for(lambda: 0 < _count_offline(lake), 120, "the first rows in the offline store")
+    return settings, client, workers, oracle, lake, first
+
+
+def test_kill9_mid_stream_loses_nothing_and_duplicates_nothing(env, tmp_path):
+    settings, client, workers, oracle, lake, first = _first_worker_midway(env, tmp_path, seed=12, patients=10,
+                                                                          hours=8)
     assert _count_offline(lake) < oracle.offline_rows, "the worker finished before it could be killed"
     first.kill9()
     second = WorkerProcess(settings, tmp_path / "worker2.log").start()
@@ -144,14 +150,8 @@ def test_kill9_mid_stream_loses_nothing_and_duplicates_nothing(env, tmp_path):
 
 
 def test_second_worker_joining_mid_stream_rebalances_without_loss(env, tmp_path):
-    settings, client, workers = env
-    produced = produce(settings, sim_items(seed=13, patients=16, hours=16))
-    oracle = run_oracle(settings, in_merge_order(produced), tmp_path / "oracle-lake")
-    lake = Lake.from_settings(settings)
-    first = WorkerProcess(settings, tmp_path / "worker1.log").start()
-    workers.append(first)
-    first.wait_ready()
-    wait_for(lambda: 0 < _count_offline(lake), 120, "the first rows in the offline store")
+    settings, client, workers, oracle, lake, first = _first_worker_midway(env, tmp_path, seed=13, patients=16,
+                                                                          hours=16)
     # A second worker of the same group: the partitions are split between the two (a rebalance).
     from tests.harness import free_port
 
