@@ -15,7 +15,6 @@ import logging
 import os
 import time
 
-import redis
 from faust.types import TP
 from prometheus_client import start_http_server
 
@@ -143,7 +142,7 @@ _live: _LiveState | None = None
 
 def build_pipeline(store: FaustTableStore) -> Pipeline:
     return Pipeline(lake=Lake.from_settings(settings), store=store,
-                    online=OnlineStore(redis.Redis.from_url(settings.redis_url)),
+                    online=OnlineStore.from_url(settings.redis_url),
                     allowed_lateness_ms=settings.allowed_lateness_ms)
 
 

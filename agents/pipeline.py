@@ -63,7 +63,6 @@ class Pipeline:
         if self.bronze is not None:
             if self.bronze.accepts(t, p, o):
                 self.bronze.add_record(t, p, o, rec.timestamp_ms, rec.key, rec.value)
-                self.bronze.advance(t, p, o)
             else:
                 metrics.REDELIVERED.labels("bronze").inc()
         result = validate_record(t, rec.key, rec.value, rec.timestamp_ms)

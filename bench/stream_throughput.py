@@ -27,6 +27,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from streams import topics  # noqa: E402
+from streams.timestamps import iso_ms  # noqa: E402
 from streams.topics import ensure_topics  # noqa: E402
 from tests.harness import WorkerProcess, isolated_settings  # noqa: E402
 from vitalstream.settings import Settings  # noqa: E402
@@ -41,8 +42,7 @@ def vitals_payloads(n: int, patients: int, start_ms: int, seed: int = 1) -> list
         ts = start_ms + (i // patients) * 60_000 + p * 7
         pid = f"PT{p + 1:05d}"
         rec = {"event_id": str(uuid.UUID(int=int(rng.integers(1 << 62)) << 64 | i, version=4)), "patient_id": pid,
-               "timestamp": datetime.fromtimestamp(ts / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
-               .replace("+00:00", "Z"), "source": "monitor",
+               "timestamp": iso_ms(ts), "source": "monitor",
                "heart_rate": round(float(rng.normal(80, 8)), 1), "bp_systolic": round(float(rng.normal(122, 10)), 1),
                "bp_diastolic": round(float(rng.normal(78, 6)), 1), "resp_rate": round(float(rng.normal(16, 2)), 1),
                "spo2": round(float(min(100, rng.normal(97, 1.2))), 1),
@@ -69,8 +69,7 @@ async def produce_all(settings: Settings, payloads, rate: float | None = None) -
                     await asyncio.sleep(delay)
                 ts = int(time.time() * 1000)  # live: measured now, received now
                 rec = orjson.loads(value)
-                rec["timestamp"] = datetime.fromtimestamp(ts / 1000, tz=timezone.utc).isoformat(
-                    timespec="milliseconds").replace("+00:00", "Z")
+                rec["timestamp"] = iso_ms(ts)
                 value = orjson.dumps(rec)
             futures.append(await producer.send(topics.kafka_name(settings, topics.VITALS), value, key=key,
                                                timestamp_ms=ts))

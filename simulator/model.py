@@ -11,12 +11,12 @@ from __future__ import annotations
 import heapq
 import itertools
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import orjson
 
+from streams.timestamps import iso_ms
 from streams.vocab import CONSCIOUSNESS_LEVELS, LAB_CANONICAL_UNITS, LAB_TESTS, LAB_UNIT_CONVERSIONS
 
 from .cohort import (
@@ -57,23 +57,6 @@ class SimRecord:
     @property
     def faults(self) -> frozenset[str]:
         return frozenset(self.fault.split("+")) if self.fault else frozenset()
-
-
-# --- time formatting (hot path: avoid datetime per record) ---------------------------
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_DAY_PREFIX: dict[int, str] = {}
-
-
-def iso_ms(ms: int) -> str:
-    """Epoch ms -> '2026-11-26T09:55:23.123Z'."""
-    day, rem = divmod(ms, 86_400_000)
-    prefix = _DAY_PREFIX.get(day)
-    if prefix is None:
-        prefix = _DAY_PREFIX[day] = (_EPOCH + timedelta(days=day)).strftime("%Y-%m-%dT")
-    h, rem = divmod(rem, 3_600_000)
-    m, rem = divmod(rem, 60_000)
-    s, milli = divmod(rem, 1000)
-    return f"{prefix}{h:02d}:{m:02d}:{s:02d}.{milli:03d}Z"
 
 
 def iso_array(t: np.ndarray) -> list[str]:

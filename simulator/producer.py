@@ -223,6 +223,21 @@ async def _sleep(seconds: float, stop: asyncio.Event | None) -> None:
         pass
 
 
+async def _run(config: SimulationConfig, bootstrap: str | None, producer: Producer | None, dry_run: bool,
+               mode: str, **pump: Any) -> dict[str, Any]:
+    """Pump the simulation through a producer (ours, started and stopped here, unless one is given)."""
+    stats = _Stats()
+    owned = producer is None and not dry_run
+    if owned:
+        producer = await start_kafka_producer(bootstrap or "127.0.0.1:9092")
+    try:
+        await _pump(iter_records(config), None if dry_run else producer, stats, config=config, **pump)
+    finally:
+        if owned and producer is not None:
+            await producer.stop()
+    return stats.summary(mode, config)
+
+
 async def produce_history(
     config: SimulationConfig,
     bootstrap: str | None,
@@ -239,17 +254,8 @@ async def produce_history(
     """
     if config.days is None:
         raise ValueError("history needs a bounded config (days)")
-    stats = _Stats()
-    owned = producer is None and not dry_run
-    if owned:
-        producer = await start_kafka_producer(bootstrap or "127.0.0.1:9092")
-    try:
-        await _pump(iter_records(config), None if dry_run else producer, stats, config=config, pace="none",
-                    topic_prefix=topic_prefix, quiet=quiet, description="history")
-    finally:
-        if owned and producer is not None:
-            await producer.stop()
-    return stats.summary("history", config)
+    return await _run(config, bootstrap, producer, dry_run, "history", pace="none", topic_prefix=topic_prefix,
+                      quiet=quiet, description="history")
 
 
 async def produce_live(
@@ -274,16 +280,6 @@ async def produce_live(
     """
     if rate is not None and rate <= 0:
         raise ValueError("rate must be > 0")
-    stats = _Stats()
-    owned = producer is None and not dry_run
-    if owned:
-        producer = await start_kafka_producer(bootstrap or "127.0.0.1:9092")
-    try:
-        await _pump(iter_records(config), None if dry_run else producer, stats, config=config,
-                    pace="rate" if rate else "realtime", rate=rate, duration=duration, stop=stop,
-                    catchup_until_ms=int(time.time() * 1000), topic_prefix=topic_prefix, quiet=quiet,
-                    description="live")
-    finally:
-        if owned and producer is not None:
-            await producer.stop()
-    return stats.summary("live", config)
+    return await _run(config, bootstrap, producer, dry_run, "live", pace="rate" if rate else "realtime",
+                      rate=rate, duration=duration, stop=stop, catchup_until_ms=int(time.time() * 1000),
+                      topic_prefix=topic_prefix, quiet=quiet, description="live")

@@ -9,12 +9,12 @@ per flush and pipelined.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Iterable, Sequence
 
 import numpy as np
 import redis
 
+from streams.timestamps import iso_ms
 from tables.features.registry import FEATURE_NAMES, FEATURE_VERSION
 
 TTL_SECONDS = 48 * 3600
@@ -36,10 +36,6 @@ _NAMES = [name.encode() for name in FEATURE_NAMES]
 
 def features_key(patient_id: str) -> str:
     return f"patient:{patient_id}:features"
-
-
-def iso_utc(ts_ms: int) -> str:
-    return datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class _Coalescing:
@@ -94,7 +90,7 @@ class OnlineStore(_Coalescing):
         pipe = self.client.pipeline(transaction=False)
         n = len(_NAMES)
         for patient_id, (ts_ms, event_id, values) in self._pending.items():
-            args: list = [ts_ms, self.ttl_seconds, b"updated_at_ms", ts_ms, b"updated_at", iso_utc(ts_ms),
+            args: list = [ts_ms, self.ttl_seconds, b"updated_at_ms", ts_ms, b"updated_at", iso_ms(ts_ms),
                           b"event_id", event_id, b"feature_version", FEATURE_VERSION, *([None] * (2 * n))]
             # Pre-encoded bytes: redis-py then packs them as they are (this loop is the sink's hot path).
             # repr round-trips a float64 exactly; an undefined feature (NaN) is stored as "nan".
@@ -104,9 +100,6 @@ class OnlineStore(_Coalescing):
         written = sum(int(r) for r in pipe.execute())
         self._pending.clear()
         return written
-
-    def read(self, patient_id: str) -> tuple[np.ndarray, dict[str, str]] | None:
-        return read_features(self.client, patient_id)
 
 
 def read_features(client: redis.Redis, patient_id: str,

@@ -79,17 +79,6 @@ class SilverSink:
     def seal(self) -> list:
         return [sink.seal() for sink in self.sinks.values()]
 
-    def flush(self):
-        from sinks.partitioned import FlushStats
-
-        total = FlushStats()
-        for batch in self.seal():
-            st = batch.write()
-            total.objects += st.objects
-            total.rows += st.rows
-            total.seconds += st.seconds
-        return total
-
     def forget(self, tps) -> None:
         for sink in self.sinks.values():
             sink.forget(tps)

@@ -388,6 +388,19 @@ class FeatureEngine:
             p.ctx["vt"] = ts
         return self._emit(p, ev.event_id)
 
+    def _admit(self, pid: str, ts: int, event_id: str, history: str, code: str,
+               what: str) -> tuple[_Patient, Optional[Rejection]]:
+        """Lateness and dedup for a context event (a lab or a dose), then advance the patient's time to ts."""
+        p = self._get(pid)
+        rej = self._late(p, ts, pid, event_id)
+        if rej is not None:
+            return p, rej
+        if any(x[0] == ts and x[1] == code for x in p.ctx[history]):
+            return p, Rejection("duplicate", f"{what} ({pid}, {ts}, {code}) already applied", pid, event_id)
+        self._advance(p, ts)
+        p.win.advance(ts)  # type: ignore[union-attr]
+        return p, None
+
     def _lab(self, ev: CleanLab) -> Result:
         pid, ts = ev.patient_id, int(ev.ts_ms)
         if ev.test not in _LABS:
@@ -395,15 +408,10 @@ class FeatureEngine:
         value = _clean(ev.value)
         if value is None:
             return Rejection("invalid_value", f"lab value {ev.value!r}", pid, ev.event_id)
-        p = self._get(pid)
-        rej = self._late(p, ts, pid, ev.event_id)
+        p, rej = self._admit(pid, ts, ev.event_id, "labs", ev.test, "lab")
         if rej is not None:
             return rej
         ctx = p.ctx
-        if any(x[0] == ts and x[1] == ev.test for x in ctx["labs"]):
-            return Rejection("duplicate", f"lab ({pid}, {ts}, {ev.test}) already applied", pid, ev.event_id)
-        self._advance(p, ts)
-        p.win.advance(ts)  # type: ignore[union-attr]
         ctx["labs"] = [*ctx["labs"], [ts, ev.test, value]]  # copy-on-write, see _write_context
         prev = ctx["lab_last"].get(ev.test)
         if prev is None or ts >= prev[0]:
@@ -419,15 +427,10 @@ class FeatureEngine:
         if ev.drug not in _DRUGS:
             return Rejection("unknown_code", f"drug {ev.drug!r}", pid, ev.event_id)
         dose = _clean(ev.dose)
-        p = self._get(pid)
-        rej = self._late(p, ts, pid, ev.event_id)
+        p, rej = self._admit(pid, ts, ev.event_id, "doses", ev.drug, "dose")
         if rej is not None:
             return rej
         ctx = p.ctx
-        if any(x[0] == ts and x[1] == ev.drug for x in ctx["doses"]):
-            return Rejection("duplicate", f"dose ({pid}, {ts}, {ev.drug}) already applied", pid, ev.event_id)
-        self._advance(p, ts)
-        p.win.advance(ts)  # type: ignore[union-attr]
         ctx["doses"] = [*ctx["doses"], [ts, ev.drug, dose if dose is not None else 0.0, ev.unit]]
         prev = ctx["dose_last"].get(ev.drug)
         if prev is None or ts > prev:
