@@ -48,11 +48,12 @@ class Pipeline:
 
     def __init__(self, *, lake: Lake, store: StateStore, online: OnlineStore | None,
                  allowed_lateness_ms: int = 3_600_000, bronze: bool = True, silver: bool = True,
-                 offline: bool = True) -> None:
+                 offline: bool | OfflineFeatureSink = True) -> None:
+        """offline: True for the lake's offline store, or a sink of the same interface (replay's)."""
         self.engine = FeatureEngine(store, allowed_lateness_ms=allowed_lateness_ms)
         self.bronze = BronzeSink(lake) if bronze else None
         self.silver = SilverSink(lake) if silver else None
-        self.offline = OfflineFeatureSink(lake) if offline else None
+        self.offline = OfflineFeatureSink(lake) if offline is True else (offline or None)
         self.online = online
         self._arrivals: list[int] = []  # Kafka timestamps of records whose vector awaits the Redis write
 

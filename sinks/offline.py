@@ -7,17 +7,20 @@ Readable by date range with pyarrow.dataset, pandas and duckdb (hive partitionin
 from __future__ import annotations
 
 import io
+import re
 from datetime import datetime, timezone
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sinks.lake import Lake
-from sinks.partitioned import OffsetTrackedSink
+from sinks.partitioned import OBJECT_NAME, OffsetTrackedSink
 from tables.features.registry import FEATURE_NAMES, FEATURE_VERSION
 
 PREFIX = "features/offline"
+_DATE_DIR = re.compile(r"/date=(\d{4}-\d{2}-\d{2})/")
 KEY_COLUMNS = [
     ("patient_id", pa.string()),
     ("timestamp", pa.timestamp("ms", tz="UTC")),
@@ -59,16 +62,85 @@ class OfflineFeatureSink(OffsetTrackedSink):
                  (patient_id, ts_ms, event_id, topic, partition, offset, values))
 
 
-def read_offline(lake: Lake, start: str | None = None, end: str | None = None):
-    """The offline store as a pyarrow Table, optionally for dates start..end (inclusive, YYYY-MM-DD)."""
+def replay_object_name(plan_id: str, partition: int) -> str:
+    return f"replay-{plan_id}-p{partition:03d}.parquet"
+
+
+MANIFEST = "_replay.json"
+_REPLAY_NAME = re.compile(r"replay-(?P<plan>[0-9a-f]+)-p\d+\.parquet$")
+
+
+def commit_replay(lake: Lake, day: str, plan_id: str, objects: list[str], last_offsets: dict[str, int]) -> int:
+    """Make a replay's objects the content of date=day (one atomic PUT), then delete what they superseded.
+
+    last_offsets ('topic-pNNN' -> offset): live rows at or below them were recomputed by the replay.
+    Returns the number of superseded objects deleted.
+    """
+    directory = f"{PREFIX}/date={day}"
+    manifest = {"plan_id": plan_id, "objects": sorted(objects), "last_offsets": last_offsets,
+                "feature_version": FEATURE_VERSION}
+    lake.put(f"{directory}/{MANIFEST}", orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    deleted = 0
+    for obj in lake.list(directory):
+        if _use(obj.path, manifest) is None:
+            lake.delete(obj.path)
+            deleted += 1
+    return deleted
+
+
+def _use(path: str, manifest: dict | None) -> str | None:
+    """How a reader uses an object of a date partition: "all", "tail" (rows past the manifest), or None."""
+    name = path.rsplit("/", 1)[-1]
+    if not name.endswith(".parquet"):
+        return "keep"  # the manifest itself
+    if manifest is None:
+        return "all" if not _REPLAY_NAME.match(name) else None  # an uncommitted replay's object
+    if _REPLAY_NAME.match(name):
+        return "all" if path in manifest["objects"] else None
+    m = OBJECT_NAME.search(name)
+    if m is None:
+        return "all"
+    last = manifest["last_offsets"].get(f"{m['topic']}-p{int(m['partition']):03d}")
+    if last is None or int(m["first"]) > last:
+        return "all"
+    return "tail" if int(m["last"]) > last else None
+
+
+def read_offline(lake: Lake, start: str | None = None, end: str | None = None) -> pa.Table:
+    """The offline store as a pyarrow Table, optionally for dates start..end (inclusive, YYYY-MM-DD).
+
+    Honors replay manifests: a replayed day reads the replay's rows plus live rows written past it.
+    """
+    import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    dataset = ds.dataset(lake.full(PREFIX), filesystem=lake.fs, format="parquet", partitioning="hive",
-                         schema=pa.schema([*SCHEMA, ("date", pa.string())]), exclude_invalid_files=True,
-                         ignore_prefixes=[".tmp-", "_"])
-    flt = None
-    if start:
-        flt = ds.field("date") >= start
-    if end:
-        flt = (ds.field("date") <= end) if flt is None else flt & (ds.field("date") <= end)
-    return dataset.to_table(filter=flt)
+    by_day: dict[str, list[str]] = {}
+    for obj in lake.list(PREFIX):
+        m = _DATE_DIR.search(obj.path)
+        if m and (start is None or m[1] >= start) and (end is None or m[1] <= end):
+            by_day.setdefault(m[1], []).append(obj.path)
+    whole, tails = [], []
+    for day, paths in sorted(by_day.items()):
+        manifest = None
+        if f"{PREFIX}/date={day}/{MANIFEST}" in paths:
+            manifest = orjson.loads(lake.get(f"{PREFIX}/date={day}/{MANIFEST}"))
+        for path in paths:
+            use = _use(path, manifest)
+            if use == "all":
+                whole.append(path)
+            elif use == "tail":
+                tails.append((path, manifest))
+    schema = pa.schema([*SCHEMA, ("date", pa.string())])
+    partitioning = ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive")
+
+    def dataset(paths: list[str]):
+        return ds.dataset([lake.full(p) for p in paths], filesystem=lake.fs, format="parquet", schema=schema,
+                          partitioning=partitioning, partition_base_dir=lake.full(PREFIX))
+
+    tables = [dataset(whole).to_table()]
+    for path, manifest in tails:  # a live object straddling a replay's end: keep the rows past it
+        table = dataset([path]).to_table()
+        last = np.array([manifest["last_offsets"].get(f"{t}-p{p:03d}", -1) for t, p in zip(
+            table["source_topic"].to_pylist(), table["source_partition"].to_pylist())], dtype=np.int64)
+        tables.append(table.filter(pc.greater(table["source_offset"], pa.array(last))))
+    return pa.concat_tables(tables)

@@ -21,7 +21,7 @@ from sinks.lake import Lake
 
 log = logging.getLogger(__name__)
 
-_NAME = re.compile(r"(?P<topic>[A-Za-z0-9_.\-]+?)-p(?P<partition>\d+)-o(?P<first>\d+)-(?P<last>\d+)\.\w+$")
+OBJECT_NAME = re.compile(r"(?P<topic>[A-Za-z0-9_.\-]+?)-p(?P<partition>\d+)-o(?P<first>\d+)-(?P<last>\d+)\.\w+$")
 
 TopicPartition = tuple[str, int]
 
@@ -102,7 +102,7 @@ class OffsetTrackedSink:
         except FileNotFoundError:
             wm = -1
         for obj in self.lake.list(self.prefix):
-            m = _NAME.search(obj.path)
+            m = OBJECT_NAME.search(obj.path)
             if m and m["topic"] == tp[0] and int(m["partition"]) == tp[1] and int(m["first"]) > wm:
                 log.warning("%s: removing %s, written past watermark %d by an interrupted flush",
                             self.name, obj.path, wm)

@@ -28,3 +28,21 @@ def stack(settings: Settings) -> Settings:
 def unique() -> str:
     """A short unique suffix for topic, group, bucket and key names, so tests never collide."""
     return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def env(stack, unique, tmp_path):
+    """Isolated settings (own topics, group, lake prefix, Redis db) with topics created; stops its workers."""
+    import redis
+
+    from streams.topics import ensure_topics
+    from tests.harness import WorkerProcess, isolated_settings
+
+    settings = isolated_settings(stack, unique, tmp_path)
+    ensure_topics(settings)
+    client = redis.Redis.from_url(settings.redis_url)
+    client.flushdb()
+    workers: list[WorkerProcess] = []
+    yield settings, client, workers
+    for w in workers:
+        w.stop()

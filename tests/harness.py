@@ -18,8 +18,10 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from agents.ordering import MERGE_RANK, merge_order
 from agents.pipeline import Pipeline, RawRecord
 from sinks.lake import Lake
+from sinks.offline import read_offline
 from sinks.online import MemoryOnlineStore
 from streams import topics
 from tables.state import DictStateStore
@@ -168,3 +170,31 @@ def run_oracle(settings: Settings, produced: Produced, lake_dir: Path) -> Oracle
 
 def same_vector(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and bool(np.all((a == b) | (np.isnan(a) & np.isnan(b))))
+
+
+def in_merge_order(produced: Produced) -> Produced:
+    """The order the worker applies: per partition number, the clinical topics merged by timestamp."""
+    by_partition: dict[int, dict[str, list]] = {}
+    others = []
+    for rec in produced.records:
+        if rec.topic in MERGE_RANK:
+            by_partition.setdefault(rec.partition, {}).setdefault(rec.topic, []).append(rec)
+        else:
+            others.append(rec)
+    ordered = [r for p in sorted(by_partition) for r in merge_order(
+        sorted(recs, key=lambda r: r.offset) for recs in by_partition[p].values())]
+    return Produced(ordered + others)
+
+
+def offline_rows(lake: Lake, start: str | None = None, end: str | None = None):
+    """The offline store sorted by Kafka provenance (a stable order to compare)."""
+    table = read_offline(lake, start, end)
+    return table.sort_by([("source_topic", "ascending"), ("source_partition", "ascending"),
+                          ("source_offset", "ascending")])
+
+
+def count_offline(lake: Lake) -> int:
+    try:
+        return read_offline(lake).num_rows
+    except Exception:  # the store is being written: not ready yet
+        return 0

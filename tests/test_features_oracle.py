@@ -25,6 +25,7 @@ from tables.state import DictStateStore, FeatureEngine, FeatureUpdate, Rejection
 
 H = 3_600_000
 DAY = 24 * H
+RECALL = 7 * DAY  # hours-since and latest-lab features look back this far
 LATENESS = H
 T0 = 1_767_225_600_000
 CONS = {"A": 0.0, "C": 1.0, "V": 2.0, "P": 3.0, "U": 4.0}
@@ -76,6 +77,10 @@ def oracle_features(p: _P) -> dict[str, float]:
     out = oracle_rolling(p.vitals, t)
     rows = sorted(p.vitals, key=lambda e: e.ts_ms)
 
+    def since(times: list[int]) -> float:
+        recent = [x for x in times if x > t - RECALL]
+        return (t - max(recent)) / H if recent else NAN
+
     def latest(attr: str) -> Any:
         vals = [getattr(e, attr) for e in rows if e.ts_ms > t - DAY and getattr(e, attr) is not None]
         return vals[-1] if vals else None
@@ -101,11 +106,11 @@ def oracle_features(p: _P) -> dict[str, float]:
     # labs
     labs = sorted(p.labs, key=lambda e: e.ts_ms)
     for test in LAB_TESTS:
-        all_t = [e.value for e in labs if e.test == test]
         win = [e.value for e in labs if e.test == test and e.ts_ms > t - DAY]
-        out[f"lab_{slug(test)}_latest"] = all_t[-1] if all_t else NAN
+        recent = [e.value for e in labs if e.test == test and e.ts_ms > t - RECALL]
+        out[f"lab_{slug(test)}_latest"] = recent[-1] if recent else NAN
         out[f"lab_{slug(test)}_change_24h"] = win[-1] - win[0] if len(win) >= 2 else NAN
-    out["hours_since_last_lab"] = (t - max(e.ts_ms for e in labs)) / H if labs else NAN
+    out["hours_since_last_lab"] = since([e.ts_ms for e in labs])
     # medications
     recent = [e for e in p.meds if e.ts_ms > t - DAY]
     out["med_doses_24h"] = float(len(recent))
@@ -114,7 +119,7 @@ def oracle_features(p: _P) -> dict[str, float]:
     to_mg = {"mg": 1.0, "g": 1000.0, "mcg": 0.001}
     out["vs101_dose_mg_24h"] = sum(e.dose * to_mg[e.unit] for e in recent if e.drug == "VS-101" and e.unit in to_mg)
     vs = [e.ts_ms for e in p.meds if e.drug == "VS-101"]
-    out["vs101_hours_since_last_dose"] = (t - max(vs)) / H if vs else NAN
+    out["vs101_hours_since_last_dose"] = since(vs)
     given_ = {e.drug for e in recent}
     out["drug_interaction_flag"] = float(any(a in given_ and b in given_ for a, b in INTERACTING_DRUG_PAIRS))
     # context
@@ -139,7 +144,7 @@ def oracle_features(p: _P) -> dict[str, float]:
         for c in COMORBIDITIES:
             out[f"comorb_{slug(c)}"] = NAN if com is None else float(c in com)
     out["hours_since_enrollment"] = (t - p.enr) / H if p.enr is not None else NAN
-    out["hours_since_last_vital"] = (t - max(e.ts_ms for e in p.vitals)) / H if p.vitals else NAN
+    out["hours_since_last_vital"] = since([e.ts_ms for e in p.vitals])
     for s in VITAL_SIGNALS:
         out[f"{s}_missing_6h"] = float(out[f"{s}_count_6h"] == 0)
     return out
@@ -209,7 +214,8 @@ _step = st.one_of(
     st.integers(-LATENESS, 0),  # out of order within the lateness
     st.integers(-3 * H, -LATENESS - 1),  # beyond the lateness: rejected
     st.integers(DAY, 30 * H),  # gap longer than the widest window
-    st.sampled_from([H, 6 * H, DAY, -H, 60_000]),  # exact window edges
+    st.sampled_from([H, 6 * H, DAY, -H, 60_000, RECALL]),  # exact window edges
+    st.integers(RECALL - 2 * H, RECALL + 2 * H),  # around the recall of hours-since and latest-lab features
 )
 
 

@@ -8,20 +8,16 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-import numpy as np
 import orjson
 import pytest
 import redis
 
-from agents.ordering import MERGE_RANK, merge_order
 from sinks.lake import Lake
-from sinks.offline import read_offline
 from sinks.online import read_features
 from simulator.config import SimulationConfig
 from simulator.model import iter_records
 from streams import topics
-from tests.harness import (Produced, WorkerProcess, isolated_settings, produce, run_oracle, same_vector,
-                           wait_for)
+from tests.harness import WorkerProcess, count_offline, in_merge_order, offline_rows, produce, run_oracle, same_vector, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -30,26 +26,6 @@ def sim_items(seed: int, patients: int, hours: float) -> list[tuple[str, bytes, 
     start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=hours + 1)
     cfg = SimulationConfig(seed=seed, n_patients=patients, start=start, days=hours / 24, fraction_monitored=0.5)
     return [(r.topic, r.key, r.value, r.timestamp_ms) for r in iter_records(cfg)]
-
-
-def in_merge_order(produced: Produced) -> Produced:
-    """The order the worker applies: per partition number, the clinical topics merged by timestamp."""
-    by_partition: dict[int, dict[str, list]] = {}
-    others = []
-    for rec in produced.records:
-        if rec.topic in MERGE_RANK:
-            by_partition.setdefault(rec.partition, {}).setdefault(rec.topic, []).append(rec)
-        else:
-            others.append(rec)
-    ordered = [r for p in sorted(by_partition) for r in merge_order(
-        sorted(recs, key=lambda r: r.offset) for recs in by_partition[p].values())]
-    return Produced(ordered + others)
-
-
-def offline_rows(lake: Lake):
-    table = read_offline(lake)
-    return table.sort_by([("source_topic", "ascending"), ("source_partition", "ascending"),
-                          ("source_offset", "ascending")])
 
 
 def assert_matches_oracle(settings, oracle, lake: Lake, client: redis.Redis) -> None:
@@ -70,27 +46,6 @@ def assert_matches_oracle(settings, oracle, lake: Lake, client: redis.Redis) -> 
     assert got.drop_columns(["date"]).to_pandas().equals(want.drop_columns(["date"]).to_pandas())
 
 
-@pytest.fixture
-def env(stack, unique, tmp_path):
-    settings = isolated_settings(stack, unique, tmp_path)
-    from streams.topics import ensure_topics
-
-    ensure_topics(settings)
-    client = redis.Redis.from_url(settings.redis_url)
-    client.flushdb()
-    workers: list[WorkerProcess] = []
-    yield settings, client, workers
-    for w in workers:
-        w.stop()
-
-
-def _count_offline(lake: Lake) -> int:
-    try:
-        return read_offline(lake).num_rows
-    except Exception:
-        return 0
-
-
 def test_simulated_stream_reaches_redis_and_lake(env, tmp_path):
     settings, client, workers = env
     produced = produce(settings, sim_items(seed=11, patients=8, hours=6))
@@ -99,7 +54,7 @@ def test_simulated_stream_reaches_redis_and_lake(env, tmp_path):
     workers.append(worker)
     worker.wait_ready()
     lake = Lake.from_settings(settings)
-    wait_for(lambda: _count_offline(lake) >= oracle.offline_rows, 180, "the offline store to fill")
+    wait_for(lambda: count_offline(lake) >= oracle.offline_rows, 180, "the offline store to fill")
     assert_matches_oracle(settings, oracle, lake, client)
     # Bronze holds every record exactly as received, bad ones included.
     bronze = [orjson.loads(line) for obj in lake.list("raw/") for line in lake.get(obj.path).splitlines()]
@@ -136,7 +91,7 @@ def _first_worker_midway(env, tmp_path, seed: int, patients: int, hours: float, 
     first = WorkerProcess(settings, tmp_path / "worker1.log").start()
     workers.append(first)
     first.wait_ready()
-    wait_for(lambda: 0 < _count_offline(lake), 120, "the first rows in the offline store")
+    wait_for(lambda: 0 < count_offline(lake), 120, "the first rows in the offline store")
     return settings, client, workers, oracle, lake, first
 
 
@@ -145,12 +100,12 @@ def test_kill9_mid_stream_loses_nothing_and_duplicates_nothing(env, tmp_path):
     # with interleaved labs is a known open problem, docs/status.md) cannot decide the outcome.
     settings, client, workers, oracle, lake, first = _first_worker_midway(
         env, tmp_path, seed=12, patients=16, hours=12, topics_only={topics.VITALS, topics.PATIENTS})
-    assert _count_offline(lake) < oracle.offline_rows, "the worker finished before it could be killed"
+    assert count_offline(lake) < oracle.offline_rows, "the worker finished before it could be killed"
     first.kill9()
     second = WorkerProcess(settings, tmp_path / "worker2.log").start()
     workers.append(second)
     second.wait_ready()
-    wait_for(lambda: _count_offline(lake) >= oracle.offline_rows, 240, "the restarted worker to finish")
+    wait_for(lambda: count_offline(lake) >= oracle.offline_rows, 240, "the restarted worker to finish")
     assert_matches_oracle(settings, oracle, lake, client)
 
 
@@ -164,9 +119,9 @@ def test_second_worker_joining_mid_stream_rebalances_without_loss(env, tmp_path)
                                                   "worker_data_dir": tmp_path / "worker-data-2"})
     second = WorkerProcess(second_settings, tmp_path / "worker2.log").start()
     workers.append(second)
-    assert _count_offline(lake) < oracle.offline_rows, "the first worker finished before the second joined"
+    assert count_offline(lake) < oracle.offline_rows, "the first worker finished before the second joined"
     second.wait_ready()
     assert "assigned" in second.log_text().lower()
-    wait_for(lambda: _count_offline(lake) >= oracle.offline_rows, 240, "both workers to finish")
+    wait_for(lambda: count_offline(lake) >= oracle.offline_rows, 240, "both workers to finish")
     assert_matches_oracle(settings, oracle, lake, client)
     assert first.proc.poll() is None and second.proc.poll() is None, "a worker died in the rebalance"

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 from rich.console import Console
 
@@ -82,6 +81,30 @@ def _lake(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    from agents.replay import ReplayError, day_of, parse_time, plan_replay, run_replay
+
+    patients = [p for chunk in (args.patients or []) for p in chunk.split(",") if p]
+    try:
+        plan = plan_replay(settings, parse_time(args.from_), parse_time(args.to), patients=patients or None)
+        days = plan.days
+        console.print(f"replaying {plan.total_records:,} records for {len(days)} day(s) {days[0]} .. {days[-1]} "
+                      f"(state warmed up from {day_of(plan.warmup_from_ms)}), "
+                      f"target {args.target}, {args.workers} worker(s)")
+        report = run_replay(settings, plan, target=args.target, workers=args.workers, progress=not args.quiet)
+    except ReplayError as exc:
+        console.print(f"[red]✗ {exc}[/]")
+        return 1
+    summary = {
+        "plan_id": plan.plan_id, "records": report.records, "rows": report.rows,
+        "events_per_second": round(report.events_per_second), "seconds": round(report.seconds, 2),
+        "days": report.committed_days, "superseded_objects": report.superseded_objects,
+        "online_written": report.online_written, "rejected": dict(report.rejected),
+    }
+    print(json.dumps(summary))
+    return 0
+
+
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from vitalstream.demo import run_demo
 
@@ -128,6 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run a stream worker (same as `faust -A app worker`)")
     worker.add_argument("-l", "--loglevel", default="info")
     worker.set_defaults(func=_worker)
+
+    rp = sub.add_parser("replay", help="recompute features from Kafka history (offline store and/or Redis)")
+    rp.add_argument("--from", dest="from_", required=True, help="start: ISO date/datetime (UTC); whole days")
+    rp.add_argument("--to", default="now", help="end (exclusive): ISO date/datetime, default now")
+    rp.add_argument("--patients", nargs="*", help="only these patient ids (space or comma separated)")
+    rp.add_argument("--target", choices=["offline", "online", "both"], default="offline")
+    rp.add_argument("--workers", type=int, default=1, help="processes, split by Kafka partition")
+    rp.add_argument("--quiet", action="store_true", help="no progress bar")
+    rp.set_defaults(func=_replay)
 
     demo = sub.add_parser("demo", help="stack up, worker, live simulator and a live view")
     demo.add_argument("--patients", type=int, default=100)

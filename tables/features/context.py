@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from streams.vocab import COMORBIDITIES, DRUGS, INTERACTING_DRUG_PAIRS, LAB_TESTS, TRIAL_ARMS
 
-from .registry import HOUR_MS, STUDY_DRUG
+from .registry import HOUR_MS, RECALL_MS, STUDY_DRUG
 
 DAY_MS = 24 * HOUR_MS
 LAB_POS = {test: i for i, test in enumerate(LAB_TESTS)}
@@ -23,7 +23,10 @@ TO_MG = {"mg": 1.0, "g": 1000.0, "mcg": 0.001}  # "units" has no mass equivalent
 
 def lab_block(labs: Sequence[Sequence[Any]], lab_last: dict[str, Sequence[Any]], t: int) -> tuple[list[float], float]:
     """[latest per test..., change_24h per test...] and the time until which it is valid."""
-    latest = [float(lab_last[test][1]) if test in lab_last else nan for test in LAB_TESTS]
+    recall_cut = t - RECALL_MS
+    recalled = [lab_last.get(test) for test in LAB_TESTS]
+    recalled = [x if x is not None and x[0] > recall_cut else None for x in recalled]
+    latest = [nan if x is None else float(x[1]) for x in recalled]
     cut = t - DAY_MS
     inwin = sorted((x for x in labs if x[0] > cut), key=lambda x: x[0])  # stable: ties keep arrival order
     first: list[float | None] = [None] * len(LAB_TESTS)
@@ -37,6 +40,7 @@ def lab_block(labs: Sequence[Sequence[Any]], lab_last: dict[str, Sequence[Any]],
         n[i] += 1
     change = [float(last[i] - first[i]) if n[i] >= 2 else nan for i in range(len(LAB_TESTS))]  # type: ignore[operator]
     valid_until = inwin[0][0] + DAY_MS if inwin else inf
+    valid_until = min([valid_until, *(x[0] + RECALL_MS for x in recalled if x is not None)])
     return latest + change, valid_until
 
 

@@ -22,12 +22,15 @@ from streams.vocab import (
 )
 
 # Bump when the meaning of an existing feature changes without a name change.
-DEFINITIONS_VERSION = "1"
+DEFINITIONS_VERSION = "2"  # 2: latest-lab and hours-since features recall at most RECALL_MS
 
 HOUR_MS = 3_600_000
 WINDOWS: tuple[tuple[str, int], ...] = (("1h", HOUR_MS), ("6h", 6 * HOUR_MS), ("24h", 24 * HOUR_MS))
 ROLLING_STATS: tuple[str, ...] = ("mean", "std", "min", "max", "trend", "count")
 LATEST_HORIZON_MS = 24 * HOUR_MS
+# How far back "latest lab" and "hours since" features look. Bounded so that a replay warmed up over
+# this long (plus the allowed lateness) reproduces every live feature exactly (agents/replay.py).
+RECALL_MS = 7 * 24 * HOUR_MS
 MISSING_WINDOW = "6h"
 
 VITAL_UNITS: dict[str, str] = {
@@ -125,7 +128,7 @@ def _labs() -> list[FeatureSpec]:
     out = []
     for test in LAB_TESTS:
         u = LAB_CANONICAL_UNITS[test]
-        out.append(FeatureSpec(f"lab_{slug(test)}_latest", "float64", u, f"most recent {test} (any age; NaN if never)", "labs"))
+        out.append(FeatureSpec(f"lab_{slug(test)}_latest", "float64", u, f"most recent {test} within 7 days (NaN if none)", "labs"))
     for test in LAB_TESTS:
         u = LAB_CANONICAL_UNITS[test]
         out.append(
@@ -137,7 +140,7 @@ def _labs() -> list[FeatureSpec]:
                 "labs",
             )
         )
-    out.append(FeatureSpec("hours_since_last_lab", "float64", "h", "(t - time of the last lab of any test)/1h", "labs"))
+    out.append(FeatureSpec("hours_since_last_lab", "float64", "h", "(t - time of the last lab of any test)/1h, NaN if none within 7 days", "labs"))
     return out
 
 
@@ -147,7 +150,7 @@ def _meds() -> list[FeatureSpec]:
     out += [FeatureSpec(f"med_{slug(d)}_doses_24h", "int", "doses", f"administrations of {d} in (t-24h, t]", g) for d in DRUGS]
     out += [
         FeatureSpec("vs101_dose_mg_24h", "float64", "mg", "total VS-101 in (t-24h, t] in mg (mg/g/mcg doses)", g),
-        FeatureSpec("vs101_hours_since_last_dose", "float64", "h", "(t - last VS-101 dose time)/1h, NaN if never", g),
+        FeatureSpec("vs101_hours_since_last_dose", "float64", "h", "(t - last VS-101 dose time)/1h, NaN if none within 7 days", g),
         FeatureSpec("drug_interaction_flag", "bool", "1", "1 if both drugs of an interacting pair were given in (t-24h, t]", g),
     ]
     return out
@@ -165,7 +168,7 @@ def _context() -> list[FeatureSpec]:
     out += [FeatureSpec(f"comorb_{slug(c)}", "bool", "1", f"has {c} (NaN until comorbidities are stated)", g) for c in COMORBIDITIES]
     out += [
         FeatureSpec("hours_since_enrollment", "float64", "h", "(t - enrolment time)/1h", g),
-        FeatureSpec("hours_since_last_vital", "float64", "h", "(t - time of the last vitals record)/1h", g),
+        FeatureSpec("hours_since_last_vital", "float64", "h", "(t - time of the last vitals record)/1h, NaN if none within 7 days", g),
     ]
     return out
 
