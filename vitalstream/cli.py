@@ -105,6 +105,25 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace, settings: Settings) -> int:
+    from model.dataset import DatasetError
+    from model.train import train
+    from model.training import TrainConfig
+    from model.tracking import TrackingUnavailableError
+
+    config = TrainConfig(max_epochs=args.max_epochs, patience=args.patience, seed=args.seed,
+                         batch_rows=args.batch_rows, hidden=tuple(args.hidden))
+    try:
+        report = train(settings, start=args.from_, end=args.to, split=args.split, config=config,
+                       min_grade=args.min_grade, register=not args.no_register, min_improvement=args.gate,
+                       progress=not args.quiet, log_fn=console.print)
+    except (DatasetError, TrackingUnavailableError, ValueError) as exc:
+        console.print(f"[red]✗ {exc}[/]")
+        return 1
+    print(json.dumps(report.headline()))
+    return 0
+
+
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from vitalstream.demo import run_demo
 
@@ -160,6 +179,23 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--workers", type=int, default=1, help="processes, split by Kafka partition")
     rp.add_argument("--quiet", action="store_true", help="no progress bar")
     rp.set_defaults(func=_replay)
+
+    tr = sub.add_parser("train", help="build a dataset from the offline store, train, evaluate, register")
+    tr.add_argument("--from", dest="from_", help="first day YYYY-MM-DD (default: --to minus 90 days)")
+    tr.add_argument("--to", help="last day YYYY-MM-DD, inclusive (default: today)")
+    tr.add_argument("--split", choices=["time", "patient"], default="time",
+                    help="70/15/15 by time (default) or patient-disjoint")
+    tr.add_argument("--min-grade", type=int, default=1, help="label only adverse events of this CTCAE grade or more")
+    tr.add_argument("--max-epochs", type=int, default=20)
+    tr.add_argument("--patience", type=int, default=3, help="epochs without a better validation AUROC")
+    tr.add_argument("--batch-rows", type=int, default=1024)
+    tr.add_argument("--hidden", type=int, nargs="+", default=[128, 64], help="MLP hidden layer sizes")
+    tr.add_argument("--seed", type=int, default=42)
+    tr.add_argument("--gate", type=float, default=None,
+                    help="AUROC margin over production needed to promote (default VITALSTREAM_PROMOTION_MIN_IMPROVEMENT)")
+    tr.add_argument("--no-register", action="store_true", help="evaluate only; log nothing to MLflow")
+    tr.add_argument("--quiet", action="store_true")
+    tr.set_defaults(func=_train)
 
     demo = sub.add_parser("demo", help="stack up, worker, live simulator and a live view")
     demo.add_argument("--patients", type=int, default=100)

@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     batch_max_seconds: float = 0.05
     worker_data_dir: Path | None = None  # RocksDB tables; default {stack_dir}/worker-data
 
+    # --- training and the model registry ----------------------------------------
+    model_name: str = "adverse_event_24h"  # registered model name in MLflow
+    promotion_min_improvement: float = 0.0  # production moves when candidate AUROC >= production's + this
+    datasets_days: int = 90  # `vitalstream train` default range: the last N days of the offline store
+
     # --- API ---------------------------------------------------------------------
     api_port: int = 8000
     api_keys: list[SecretStr] = Field(default_factory=list)
