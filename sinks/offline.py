@@ -106,8 +106,10 @@ def _use(path: str, manifest: dict | None) -> str | None:
     return "tail" if int(m["last"]) > last else None
 
 
-def read_offline(lake: Lake, start: str | None = None, end: str | None = None) -> pa.Table:
-    """The offline store as a pyarrow Table, optionally for dates start..end (inclusive, YYYY-MM-DD).
+def read_offline(lake: Lake, start: str | None = None, end: str | None = None,
+                 columns: list[str] | None = None) -> pa.Table:
+    """The offline store as a pyarrow Table, optionally for dates start..end (inclusive, YYYY-MM-DD)
+    and only some columns.
 
     Honors replay manifests: a replayed day reads the replay's rows plus live rows written past it.
     """
@@ -137,10 +139,11 @@ def read_offline(lake: Lake, start: str | None = None, end: str | None = None) -
         return ds.dataset([lake.full(p) for p in paths], filesystem=lake.fs, format="parquet", schema=schema,
                           partitioning=partitioning, partition_base_dir=lake.full(PREFIX))
 
-    tables = [dataset(whole).to_table()]
+    tables = [dataset(whole).to_table(columns=columns)]
     for path, manifest in tails:  # a live object straddling a replay's end: keep the rows past it
         table = dataset([path]).to_table()
         last = np.array([manifest["last_offsets"].get(f"{t}-p{p:03d}", -1) for t, p in zip(
             table["source_topic"].to_pylist(), table["source_partition"].to_pylist())], dtype=np.int64)
-        tables.append(table.filter(pc.greater(table["source_offset"], pa.array(last))))
+        table = table.filter(pc.greater(table["source_offset"], pa.array(last)))
+        tables.append(table.select(columns) if columns else table)
     return pa.concat_tables(tables)
