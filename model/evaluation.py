@@ -54,7 +54,6 @@ def expected_calibration_error(y, p, bins: int = 10) -> float:
     if bins < 1:
         raise ValueError("bins must be >= 1")
     idx = np.clip(np.floor(p * bins).astype(np.int64), 0, bins - 1)
-    n_b = np.bincount(idx, minlength=bins).astype(np.float64)
     acc = np.bincount(idx, weights=y, minlength=bins)
     conf = np.bincount(idx, weights=p, minlength=bins)
     return float(np.sum(np.abs(acc - conf)) / len(y))  # n_b/n * |acc/n_b - conf/n_b| = |acc - conf|/n
@@ -123,9 +122,9 @@ def lead_time_summary(patient_ids, ts_ms, onset_ms, p, threshold: float) -> dict
     ``[onset - 24 h, onset)`` are ignored defensively). The event is detected if one of them has
     ``p >= threshold``; its lead time is ``(onset - ts of the earliest such row) / 1 h``.
 
-    Returns ``{"median_lead_hours", "detected_fraction", "n_events", "n_detected", "lead_hours"}``
-    ``ts_ms``/``onset_ms`` are epoch ms (or ``datetime64``). (``lead_hours``: one float per detected event; the median is NaN when nothing is detected and
-    the detected fraction NaN when there is no event).
+    ``ts_ms``/``onset_ms`` are epoch ms (or ``datetime64``). Returns ``{"median_lead_hours",
+    "detected_fraction", "n_events", "n_detected", "lead_hours"}``: ``lead_hours`` has one float per
+    detected event; the median is NaN when nothing is detected, the fraction NaN without events.
     """
     pid = np.asarray(patient_ids)
     ts = _as_ms(ts_ms)
@@ -144,7 +143,7 @@ def lead_time_summary(patient_ids, ts_ms, onset_ms, p, threshold: float) -> dict
         "median_lead_hours": float(np.median(lead)) if len(lead) else math.nan,
         "detected_fraction": len(lead) / n_events if n_events else math.nan,
         "n_events": n_events,
-        "n_detected": int(len(lead)),
+        "n_detected": len(lead),
         "lead_hours": np.asarray(lead, dtype=np.float64),
     }
 

@@ -13,20 +13,28 @@ import pytest
 import torch
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
-import model.training as training
+from model import training
 from model.loader import ParquetSplit, make_dataloader
 from model.network import Preprocessor, PreprocessorFitter, RiskModel, fit_platt
 from model.training import TrainConfig, fit
 from tables.features.registry import FEATURE_INDEX, FEATURE_NAMES, N_FEATURES
-
-torch.set_num_threads(2)
 
 HOUR = 3_600_000
 ROW_ID = "hours_since_enrollment"  # loader tests carry the row number in this feature
 CONSTANT = "age"  # always 60 in the synthetic data
 ALL_NAN = "lab_alt_latest"  # never observed in the synthetic data
 SIGNAL = ("heart_rate_latest", "resp_rate_latest", "spo2_latest")
-CFG = TrainConfig(hidden=(32, 16), dropout=0.1, lr=3e-3, batch_rows=256, max_epochs=5, patience=2, seed=7)
+# One thread: on a busy 2-core machine, 2 intra-op threads on these tiny batches are ~10x slower.
+CFG = TrainConfig(hidden=(32, 16), dropout=0.1, lr=3e-3, batch_rows=256, max_epochs=5, patience=2, seed=7,
+                  threads=1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
 
 
 def make_data(n: int, seed: int, signal: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -40,7 +48,7 @@ def make_data(n: int, seed: int, signal: bool = True) -> tuple[np.ndarray, np.nd
     if not signal:
         logit = np.full(n, -1.5)
     y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int8)
-    for name, v in zip(SIGNAL, (hr, rr, sp)):
+    for name, v in zip(SIGNAL, (hr, rr, sp), strict=True):
         v = v.copy()
         v[rng.random(n) < 0.1] = np.nan
         X[:, FEATURE_INDEX[name]] = v
@@ -304,7 +312,8 @@ def test_mlflow_pytorch_round_trip_of_the_module_alone(trained, data, tmp_path):
     X = data["Xv"][:300].astype(np.float32)
     X[:5] = np.nan  # rows with every feature missing
     ref = trained.model.predict_proba(X)
-    mlflow.pytorch.save_model(trained.model, str(tmp_path / "m"), input_example=X[:5])
+    # pip_requirements given: skips mlflow's requirement inference (a ~15 s subprocess).
+    mlflow.pytorch.save_model(trained.model, str(tmp_path / "m"), input_example=X[:5], pip_requirements=["torch"])
     loaded = mlflow.pytorch.load_model(str(tmp_path / "m"))
     for rows in (slice(0, 1), slice(0, 300)):
         with torch.no_grad():

@@ -188,8 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--min-grade", type=int, default=1, help="label only adverse events of this CTCAE grade or more")
     tr.add_argument("--max-epochs", type=int, default=20)
     tr.add_argument("--patience", type=int, default=3, help="epochs without a better validation AUROC")
-    tr.add_argument("--batch-rows", type=int, default=1024)
-    tr.add_argument("--hidden", type=int, nargs="+", default=[128, 64], help="MLP hidden layer sizes")
+    tr.add_argument("--batch-rows", type=int, default=512)
+    tr.add_argument("--hidden", type=int, nargs="+", default=[64, 32], help="MLP hidden layer sizes")
     tr.add_argument("--seed", type=int, default=42)
     tr.add_argument("--gate", type=float, default=None,
                     help="AUROC margin over production needed to promote (default VITALSTREAM_PROMOTION_MIN_IMPROVEMENT)")
@@ -203,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--history-days", type=float, default=1.0, help="backdated history sent before going live")
+    demo.add_argument("--train-days", type=float, default=21.0, help="days of trial history to train on (0: skip)")
+    demo.add_argument("--train-patients", type=int, default=80)
+    demo.add_argument("--train-monitored-fraction", type=float, default=0.05,
+                      help="share of history patients on a 60 s bedside monitor (the bulk of the records)")
+    demo.add_argument("--hazard-scale", type=float, default=2.0, help="adverse-event hazard multiplier")
+    demo.add_argument("--max-epochs", type=int, default=15)
     demo.set_defaults(func=_demo)
     return parser
 

@@ -1,4 +1,11 @@
-"""`vitalstream demo`: the local stack, a stream worker, a live simulator and a live view."""
+"""`vitalstream demo`: the whole flow on the local stack.
+
+1. stack up; 2. a backdated trial history to Kafka; 3. `replay` of that history into the
+offline store; 4. `train`: a model registered in MLflow and promoted to production, its
+headline metrics against NEWS2; 5. a stream worker, a live simulator and a live view.
+The history and the live trial use separate topics and lake prefixes (two cohorts
+with the same patient ids must not mix).
+"""
 from __future__ import annotations
 
 import argparse
@@ -96,8 +103,53 @@ def _view(rows: dict[str, tuple[int, float, int]], patients: int, elapsed: float
     return table
 
 
+def train_on_history(args: argparse.Namespace, settings: Settings) -> int:
+    """Simulate a backdated history, replay it into the offline store, train and register a model."""
+    from datetime import datetime, timedelta, timezone
+
+    from agents.replay import plan_replay, run_replay
+    from model.train import train
+    from model.training import TrainConfig
+    from simulator.config import SimulationConfig
+    from simulator.producer import history_config, produce_history
+    from streams.topics import ensure_topics
+
+    ensure_topics(settings)
+    end = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    config = history_config(SimulationConfig(seed=args.seed, n_patients=args.train_patients,
+                                             fraction_monitored=args.train_monitored_fraction,
+                                             hazard_scale=args.hazard_scale), args.train_days, end=end)
+    console.print(f"[bold]2/5 trial history[/]: {args.train_patients} patients, {args.train_days:g} days "
+                  f"-> topics {settings.topic_prefix}clinical.*")
+    summary = asyncio.run(produce_history(config, settings.kafka_bootstrap, topic_prefix=settings.topic_prefix))
+    console.print(f"  {summary['records']:,} records produced in {summary['seconds']:.0f} s")
+    console.print("[bold]3/5 replay[/] of the history through the live feature code -> offline store")
+    start_ms = int(config.start.timestamp() * 1000)
+    report = run_replay(settings, plan_replay(settings, start_ms, int(end.timestamp() * 1000) + 1), workers=2)
+    console.print(f"  {report.records:,} records -> {report.rows:,} feature rows in {report.seconds:.1f} s "
+                  f"({report.events_per_second:,.0f} records/s)")
+    console.print("[bold]4/5 train[/]: PyTorch model, MLflow tracking and registry, promotion gate")
+    first = (config.start + timedelta(days=1)).date().isoformat()  # the first day is mostly enrolments
+    result = train(settings, start=first, end=end.date().isoformat(), config=TrainConfig(max_epochs=args.max_epochs),
+                   log_fn=console.print)
+    h = result.headline()
+    table = Table(title=f"adverse_event_24h · model version {h['model_version']} · "
+                        f"{'PROMOTED to production' if h['promoted'] else 'not promoted'}")
+    for col in ("", "test AUROC", "AUPRC", "Brier", "ECE"):
+        table.add_column(col, justify="right" if col else "left")
+    table.add_row("MLP (calibrated)", f"{h['test_auroc']:.3f}", f"{h['test_auprc']:.3f}", f"{h['test_brier']:.3f}",
+                  f"{h['test_ece']:.3f}")
+    table.add_row("NEWS2", f"{h['news2_test_auroc']:.3f}", "", "", "")
+    table.add_row("logistic regression", f"{h['logreg_test_auroc']:.3f}", "", "", "")
+    table.caption = (f"margin over NEWS2: {h['margin_over_news2']:+.3f} AUROC · median lead time "
+                     f"{h['median_lead_time_h']} h · rows {h['rows']} · data_version {h['data_version']}\n"
+                     f"MLflow UI: {settings.mlflow_tracking_uri} · " + "; ".join(h["reasons"]))
+    console.print(table)
+    return 0
+
+
 def run_demo(args: argparse.Namespace, settings: Settings) -> int:
-    console.print("[bold]1/3 local stack[/]")
+    console.print("[bold]1/5 local stack[/]")
     try:
         manager.up(settings, log=console.print)
     except StackError as exc:
@@ -105,14 +157,18 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     exe = [sys.executable, "-m", "vitalstream.cli"]
     settings, env = demo_namespace(settings)
+    if args.train_days > 0:
+        history_settings = settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}history.",
+                                                       "lake_uri": f"{settings.lake_uri}-history"})
+        if train_on_history(args, history_settings) != 0:
+            return 1
     from streams.topics import ensure_topics
 
     ensure_topics(settings)
-    console.print(f"demo run: topics {settings.topic_prefix}clinical.*, lake {settings.lake_uri}")
-    console.print("[bold]2/3 stream worker[/] (faust -A app worker)")
+    console.print(f"live run: topics {settings.topic_prefix}clinical.*, lake {settings.lake_uri}")
+    console.print("[bold]5/5 stream worker[/] (faust -A app worker) and a live simulator")
     worker, worker_log = _spawn("worker", [sys.executable, "-m", "faust", "-A", "app", "worker", "-l", "info"], settings,
                                  env)
-    console.print("[bold]3/3 simulator[/] (live)")
     # A day of backdated history first (so there is something to see at once), then real time.
     sim_cmd = [*exe, "simulate", "--live", "--days", str(args.history_days), "--patients", str(args.patients),
                "--seed", str(args.seed), "--quiet"]
