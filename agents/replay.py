@@ -281,7 +281,9 @@ def replay_partition(settings: Settings, plan: ReplayPlan, partition: int, targe
     t0 = time.perf_counter()
     lake = Lake.from_settings(settings)
     collector = ReplayRows(plan)
-    pipeline = Pipeline(lake=lake, store=DictStateStore(), online=None,
+    # serialize=False: state stays in this process, and the engine never mutates a stored value in place
+    # (the parity test compares the rows with the live worker's, whose table serializes).
+    pipeline = Pipeline(lake=lake, store=DictStateStore(serialize=False), online=None,
                         allowed_lateness_ms=plan.allowed_lateness_ms, bronze=False, silver=False,
                         offline=collector)  # type: ignore[arg-type]
     wanted = {p.encode() for p in plan.patients} if plan.patients else None
