@@ -13,7 +13,8 @@ from sinks.online import read_features
 from simulator.config import SimulationConfig
 from simulator.model import iter_records
 from tables.features.registry import RECALL_MS
-from tests.harness import WorkerProcess, count_offline, offline_rows, produce, same_vector, wait_for
+from tests.harness import (WorkerProcess, count_offline, in_merge_order, offline_rows, produce, run_oracle,
+                           same_vector, wait_for)
 
 pytestmark = pytest.mark.stack
 
@@ -35,21 +36,19 @@ def objects_of(lake: Lake, day: str) -> dict[str, bytes]:
 def test_replay_equals_live_rows_bit_for_bit_and_is_idempotent(env, tmp_path):
     settings, client, workers = env
     items, start = history(seed=21)
-    produce(settings, items)
+    produced = produce(settings, items)
+    oracle = run_oracle(settings, in_merge_order(produced), tmp_path / "oracle-lake")
     lake = Lake.from_settings(settings)
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
     workers.append(worker)
     worker.wait_ready()
-    # The live worker is done when its row count stops growing and every record is acknowledged.
-    last = {"n": -1}
+    wait_for(lambda: count_offline(lake) >= oracle.offline_rows, 240, "the live worker to write every row")
 
-    def settled() -> bool:
-        n = count_offline(lake)
-        done = n > 0 and n == last["n"]
-        last["n"] = n
-        return done
+    def redis_done() -> bool:
+        got = {pid: read_features(client, pid) for pid in oracle.online}
+        return all(g is not None and int(g[1]["updated_at_ms"]) == oracle.online[pid][0] for pid, g in got.items())
 
-    wait_for(settled, 240, "the live worker to write every row", interval_s=3.0)
+    wait_for(redis_done, 60, "the live worker's last Redis writes")
     worker.stop()
     live_online = {k.decode().split(":")[1]: read_features(client, k.decode().split(":")[1])
                    for k in client.scan_iter("patient:*:features")}
