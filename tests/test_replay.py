@@ -121,3 +121,21 @@ def test_replay_rejects_bad_requests_clearly(env):
     missing = settings.model_copy(update={"topic_prefix": settings.topic_prefix + "absent."})
     with pytest.raises(ReplayError, match="does not exist"):
         plan_replay(missing, now - DAY_MS, now)
+
+
+def test_cli_reports_bad_input_and_empty_stores_clearly(env, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.harness import REPO, settings_env
+
+    settings, _, _ = env
+    run = lambda *argv: subprocess.run([sys.executable, "-m", "vitalstream.cli", *argv], cwd=REPO,  # noqa: E731
+                                       env=settings_env(settings), capture_output=True, text=True, timeout=300)
+    bad = run("replay", "--from", "last tuesday")
+    assert bad.returncode == 1 and "not an ISO date" in bad.stderr
+    empty = run("replay", "--from", "2026-01-01", "--to", "2026-01-02", "--quiet")
+    assert empty.returncode == 0, empty.stderr
+    assert '"rows": 0' in empty.stdout
+    no_rows = run("train", "--from", "2026-01-01", "--to", "2026-01-02", "--no-register", "--quiet")
+    assert no_rows.returncode == 1 and "no offline feature rows" in no_rows.stderr
