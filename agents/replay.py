@@ -320,10 +320,8 @@ def replay_partition(settings: Settings, plan: ReplayPlan, partition: int, targe
     return result
 
 
-def _worker_main(settings_json: str, plan: ReplayPlan, partitions: list[int], target: str,
+def _worker_main(settings: Settings, plan: ReplayPlan, partitions: list[int], target: str,
                  progress: Any, results: Any) -> None:
-    settings = Settings.model_validate_json(settings_json)
-
     def bump(n: int) -> None:
         with progress.get_lock():
             progress.value += n
@@ -377,20 +375,24 @@ def run_replay(settings: Settings, plan: ReplayPlan, *, target: str = "offline",
     partitions = plan.partitions
     workers = max(1, min(workers, len(partitions)))
     results: list[PartitionResult] = []
-    with _progress_bar(progress, plan.total_records) as advance:
-        if workers == 1:
+    if workers == 1:
+        with _progress_bar(progress, plan.total_records) as advance:
             for p in partitions:
                 results.append(replay_partition(settings, plan, p, target, advance))
-        else:
-            ctx = mp.get_context("spawn")  # no inherited threads or event loops
-            counter, queue_ = ctx.Value("q", 0), ctx.Queue()
-            shares = [partitions[i::workers] for i in range(workers)]
-            procs = [ctx.Process(target=_worker_main, args=(settings.model_dump_json(), plan, share, target,
-                                                             counter, queue_), daemon=True) for share in shares]
-            for proc in procs:
-                proc.start()
-            seen = 0
-            try:
+    else:
+        # fork: the children start at once with everything imported (spawn costs seconds per child here);
+        # they are forked before the progress bar's thread exists, and the parent holds no Kafka client.
+        # (Settings go over as the object: a JSON dump would mask its secrets.)
+        ctx = mp.get_context("fork")
+        counter, queue_ = ctx.Value("q", 0), ctx.Queue()
+        shares = [partitions[i::workers] for i in range(workers)]
+        procs = [ctx.Process(target=_worker_main, args=(settings, plan, share, target,
+                                                         counter, queue_), daemon=True) for share in shares]
+        for proc in procs:
+            proc.start()
+        seen = 0
+        try:
+            with _progress_bar(progress, plan.total_records) as advance:
                 while len(results) < len(partitions):
                     try:
                         item = queue_.get(timeout=0.25)
@@ -404,11 +406,11 @@ def run_replay(settings: Settings, plan: ReplayPlan, *, target: str = "offline",
                         results.append(item)
                     advance(counter.value - seen)
                     seen = counter.value
-            finally:
-                for proc in procs:
-                    if proc.is_alive():
-                        proc.terminate()
-                    proc.join()
+        finally:
+            for proc in procs:
+                if proc.is_alive():
+                    proc.terminate()
+                proc.join()
     committed, superseded = [], 0
     if target in ("offline", "both"):
         lake = Lake.from_settings(settings)
