@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 import numpy as np
+import orjson
 import redis
 
 from streams.timestamps import iso_ms
@@ -19,19 +20,30 @@ from tables.features.registry import FEATURE_NAMES, FEATURE_VERSION
 
 TTL_SECONDS = 48 * 3600
 
-# KEYS[1] = hash key; ARGV[1] = updated_at_ms; ARGV[2] = ttl seconds; ARGV[3..] = field, value pairs.
+# KEYS[1] = hash key; ARGV = updated_at_ms, ttl seconds, updated_at, event_id, feature_version, and the
+# values as a JSON array body ("1.5,null,..."), in registry order. The feature names live in the script (its SHA follows the
+# registry), so a write sends 6 arguments instead of ~380: packing those in redis-py was the sink's cost.
 _WRITE_IF_NEWER = """
 local current = redis.call('HGET', KEYS[1], 'updated_at_ms')
 if current and tonumber(current) > tonumber(ARGV[1]) then
   return 0
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+local names = {%s}
+local args = {'updated_at_ms', ARGV[1], 'updated_at', ARGV[3], 'event_id', ARGV[4], 'feature_version', ARGV[5]}
+local i = 0
+for v in string.gmatch(ARGV[6], '[^,]+') do
+  i = i + 1
+  args[#args + 1] = names[i]
+  if v == 'null' then v = 'nan' end  -- an undefined feature
+  args[#args + 1] = v
+end
+if i ~= #names then
+  return redis.error_reply('expected ' .. #names .. ' feature values, got ' .. i)
+end
+redis.call('HSET', KEYS[1], unpack(args))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
-"""
-
-
-_NAMES = [name.encode() for name in FEATURE_NAMES]
+""" % ",".join(f"'{name}'" for name in FEATURE_NAMES)
 
 
 def features_key(patient_id: str) -> str:
@@ -88,14 +100,15 @@ class OnlineStore(_Coalescing):
         if not self._pending:
             return 0
         pipe = self.client.pipeline(transaction=False)
-        n = len(_NAMES)
         for patient_id, (ts_ms, event_id, values) in self._pending.items():
-            args: list = [ts_ms, self.ttl_seconds, b"updated_at_ms", ts_ms, b"updated_at", iso_ms(ts_ms),
-                          b"event_id", event_id, b"feature_version", FEATURE_VERSION, *([None] * (2 * n))]
-            # Pre-encoded bytes: redis-py then packs them as they are (this loop is the sink's hot path).
-            # repr round-trips a float64 exactly; an undefined feature (NaN) is stored as "nan".
-            args[10::2] = _NAMES
-            args[11::2] = [b"nan" if v != v else repr(v).encode() for v in np.asarray(values).tolist()]
+            # orjson writes the shortest text that round-trips each float64 exactly (NaN -> null -> "nan"),
+            # ~50x faster than repr per value.
+            vector = np.asarray(values, dtype=np.float64)
+            if np.isinf(vector).any():  # JSON has no infinity: spell every value out (never seen in practice)
+                joined = ",".join("null" if v != v else repr(v) for v in vector.tolist()).encode()
+            else:
+                joined = orjson.dumps(vector, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1]
+            args = [ts_ms, self.ttl_seconds, iso_ms(ts_ms), event_id, FEATURE_VERSION, joined]
             self._script(keys=[features_key(patient_id)], args=args, client=pipe)
         written = sum(int(r) for r in pipe.execute())
         self._pending.clear()

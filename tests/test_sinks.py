@@ -52,6 +52,16 @@ def test_online_store_roundtrip_ttl_and_registry_order(client):
     assert client.hlen(features_key("PT00001")) == N_FEATURES + 4
 
 
+@pytest.mark.parametrize("specials", [[1e-320, -0.0, 1.7976931348623157e308, 1 / 3], [np.inf, -np.inf, np.nan, 0.1]])
+def test_online_store_round_trips_extreme_values_exactly(client, specials):
+    store = OnlineStore(client)
+    v = vector(2)
+    v[: len(specials)] = specials
+    store.add("PT00002", 1_772_366_400_000, "ev-2", v)
+    assert store.flush() == 1
+    assert np.array_equal(read_features(client, "PT00002")[0], v, equal_nan=True)
+
+
 def test_online_store_never_overwrites_newer_with_older(client):
     store = OnlineStore(client)
     newer, older = vector(2), vector(3)
