@@ -27,7 +27,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -449,10 +449,3 @@ class _progress_bar:
         if self.enabled:
             self.bar.stop()
 
-
-def default_range_end() -> int:
-    return int(time.time() * 1000)
-
-
-def days_ago(n: float) -> int:
-    return int((datetime.now(timezone.utc) - timedelta(days=n)).timestamp() * 1000)
