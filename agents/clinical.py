@@ -54,6 +54,7 @@ class _LiveState:
         self.last_flush = time.monotonic()
         self.lock = asyncio.Lock()
         self.revoked = False  # set from the start of a rebalance until the next batch of the new assignment
+        self.stale_generation: int | None = None  # the consumer generation the last rebalance ended
         self.pending_sends: list = []  # dead-letter sends of unacked records
 
     def reset(self) -> None:
@@ -155,6 +156,10 @@ async def _on_revoked(app_, revoked, **kwargs) -> None:  # noqa: ANN001
     if live is None:
         return
     live.revoked = True
+    # Records fetched in this generation and not yet handed to us (noack_take's buffer) are still delivered
+    # after the rebalance, ahead of the kept partitions' records re-read from the committed offsets. `_consume`
+    # drops them, or they would be merged (and applied) before earlier records of their own partition.
+    live.stale_generation = app.consumer_generation_id
     async with live.lock:
         if live.inflight is not None:
             await live.inflight
@@ -261,9 +266,29 @@ async def process_clinical(stream) -> None:  # noqa: ANN001
         _fatal("the stream agent failed")
 
 
+def _current(live: _LiveState, msg) -> bool:  # noqa: ANN001
+    """False for a record fetched before the latest rebalance (or during it).
+
+    Faust drops such records from its queues, but not from the batch noack_take is filling: that batch is
+    handed over after the rebalance, ahead of the records Faust then re-reads from the committed offsets.
+    Merged, they would go first: e.g. a vital moving a patient's time more than the allowed lateness past a
+    re-read earlier lab, which would then be dead-lettered as late instead of applied.
+    Every record is redelivered from the committed offset anyway, so dropping (and never acking) them loses
+    nothing. A record's generation_id is the consumer generation it was fetched in (None if a transport does
+    not record it: then nothing can be told apart, and nothing is dropped).
+    """
+    generation = msg.generation_id
+    if generation is None:
+        return True
+    return generation == app.consumer_generation_id and generation != live.stale_generation
+
+
 async def _consume(live: _LiveState, stream) -> None:  # noqa: ANN001
     async for events in stream.noack_take(settings.batch_max_events, within=settings.batch_max_seconds):
         async with live.lock:
+            events = [event for event in events if _current(live, event.message)]
+            if not events:
+                continue
             live.revoked = False
             # Catching up (far behind the highwater): coalesce Redis writes over a longer interval.
             last = events[-1].message

@@ -351,10 +351,16 @@ class FeatureEngine:
     def _vitals(self, ev: CleanVitals) -> Result:
         pid, ts = ev.patient_id, int(ev.ts_ms)
         p = self._get(pid)
+        # Duplicates first: a record redelivered after a crash is a duplicate, even when the patient's time has
+        # moved past the lateness since. Only the last 24 h count: those rows are always held (in the widest
+        # window), so the decision does not depend on how much older state a worker happens to hold.
+        if (p.win is not None and p.t is not None and p.t - DAY_MS < ts <= p.t
+                and p.win.is_duplicate(ts, ev.source)):
+            return Rejection("duplicate", f"vitals ({pid}, {ts}, {ev.source}) already applied", pid, ev.event_id)
         rej = self._late(p, ts, pid, ev.event_id)
         if rej is not None:
             return rej
-        if p.win is not None and p.t is not None and ts <= p.t and p.win.is_duplicate(ts, ev.source):
+        if p.win is not None and p.t is not None and ts <= p.t - DAY_MS and p.win.is_duplicate(ts, ev.source):
             return Rejection("duplicate", f"vitals ({pid}, {ts}, {ev.source}) already applied", pid, ev.event_id)
         cons = ev.consciousness if ev.consciousness in _CONS_CODE else None
         o2 = None if ev.on_oxygen is None else bool(ev.on_oxygen)
@@ -391,12 +397,16 @@ class FeatureEngine:
 
     def _admit(self, pid: str, ts: int, event_id: str, history: str, code: str,
                what: str) -> tuple[_Patient, Optional[Rejection]]:
-        """Lateness and dedup for a context event (a lab or a dose), then advance the patient's time to ts."""
+        """Dedup and lateness for a context event (a lab or a dose), then advance the patient's time to ts."""
         p = self._get(pid)
+        # Duplicates before lateness, over the last 24 h only (as for vitals).
+        if (p.t is not None and ts > p.t - DAY_MS
+                and any(x[0] == ts and x[1] == code for x in p.ctx[history])):
+            return p, Rejection("duplicate", f"{what} ({pid}, {ts}, {code}) already applied", pid, event_id)
         rej = self._late(p, ts, pid, event_id)
         if rej is not None:
             return p, rej
-        if any(x[0] == ts and x[1] == code for x in p.ctx[history]):
+        if any(x[0] == ts and x[1] == code for x in p.ctx[history]):  # older, within a lateness over 24 h
             return p, Rejection("duplicate", f"{what} ({pid}, {ts}, {code}) already applied", pid, event_id)
         self._advance(p, ts)
         p.win.advance(ts)  # type: ignore[union-attr]

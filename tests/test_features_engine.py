@@ -256,3 +256,24 @@ def test_late_event_updates_the_vector_at_latest_time() -> None:
     assert got.ts_ms == T0 + H and got.event_id == "edge"
     assert (d["heart_rate_max_1h"], d["heart_rate_min_1h"], d["heart_rate_count_1h"]) == (200.0, 61.0, 7.0)
     assert (d["heart_rate_min_24h"], d["heart_rate_count_24h"]) == (10.0, 9.0)
+
+
+def test_a_redelivered_event_is_a_duplicate_even_when_late_now() -> None:
+    # After a crash, records between the committed offset and the saved state come again: their patient's time
+    # may have moved past the lateness since. They are duplicates (dropped), not late events (dead-lettered).
+    engine = FeatureEngine(DictStateStore(), allowed_lateness_ms=H)
+    first = CleanVitals("v1", "P", T0, "monitor", heart_rate=80.0)
+    lab = CleanLab("l1", "P", T0 + 60_000, "creatinine", 1.0, "mg/dL")
+    later = CleanVitals("v2", "P", T0 + 3 * H, "monitor", heart_rate=90.0)
+    for ev in (first, lab, later):
+        assert isinstance(engine.process(ev), FeatureUpdate)
+    for again in (first, lab):
+        outcome = engine.process(again)
+        assert isinstance(outcome, Rejection) and outcome.reason == "duplicate", outcome
+    stranger = CleanVitals("v3", "P", T0 + 30_000, "monitor", heart_rate=70.0)  # late, and not seen before
+    outcome = engine.process(stranger)
+    assert isinstance(outcome, Rejection) and outcome.reason == "late_event"
+    old = CleanVitals("v4", "P", T0 + 3 * H + DAY, "monitor", heart_rate=91.0)
+    assert isinstance(engine.process(old), FeatureUpdate)
+    outcome = engine.process(first)  # more than 24 h behind: no longer tracked as a duplicate, only late
+    assert isinstance(outcome, Rejection) and outcome.reason == "late_event"

@@ -171,14 +171,18 @@ class Oracle:
                 demo["comorb"] = set(ev.comorbidities)
             p.demo = demo
             return ("none", None)
-        if p.t is not None and ev.ts_ms < p.t - self.lateness:
-            return ("reject", "late_event")
         if isinstance(ev, CleanVitals):
             held, key = p.vitals, lambda e: (e.ts_ms, e.source)
         elif isinstance(ev, CleanLab):
             held, key = p.labs, lambda e: (e.ts_ms, e.test)
         else:
             held, key = p.meds, lambda e: (e.ts_ms, e.drug)
+        # A duplicate of an event of the last 24 h is a duplicate, however late; older ones are late.
+        recent = p.t is None or ev.ts_ms > p.t - DAY
+        if recent and any(key(e) == key(ev) for e in held):
+            return ("reject", "duplicate")
+        if p.t is not None and ev.ts_ms < p.t - self.lateness:
+            return ("reject", "late_event")
         if any(key(e) == key(ev) for e in held):
             return ("reject", "duplicate")
         held.append(ev)

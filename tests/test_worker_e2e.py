@@ -16,7 +16,6 @@ from sinks.lake import Lake
 from sinks.online import read_features
 from simulator.config import SimulationConfig
 from simulator.model import iter_records
-from streams import topics
 from tests.harness import WorkerProcess, count_offline, in_merge_order, offline_rows, produce, run_oracle, same_vector, wait_for
 
 pytestmark = pytest.mark.stack
@@ -28,6 +27,11 @@ def sim_items(seed: int, patients: int, hours: float) -> list[tuple[str, bytes, 
     return [(r.topic, r.key, r.value, r.timestamp_ms) for r in iter_records(cfg)]
 
 
+def _provenance(table) -> list[tuple[str, int, int]]:  # noqa: ANN001
+    return list(zip(table["source_topic"].to_pylist(), table["source_partition"].to_pylist(),
+                    table["source_offset"].to_pylist()))
+
+
 def assert_matches_oracle(settings, oracle, lake: Lake, client: redis.Redis) -> None:
     # Online store: every patient's latest vector, bit for bit.
     assert oracle.online, "the oracle produced no vectors"
@@ -35,13 +39,14 @@ def assert_matches_oracle(settings, oracle, lake: Lake, client: redis.Redis) -> 
         got = read_features(client, patient_id)
         assert got is not None, patient_id
         values, meta = got
-        assert int(meta["updated_at_ms"]) == ts_ms, patient_id
-        assert same_vector(values, vector), patient_id
+        where = f"{patient_id}: got {meta['updated_at_ms']} {meta.get('event_id')}, want {ts_ms} {event_id}"
+        assert int(meta["updated_at_ms"]) == ts_ms, where
+        assert same_vector(values, vector), where
     # Offline store: the same rows, no duplicates, no gaps.
     got, want = offline_rows(lake), offline_rows(oracle.lake)
-    assert got.num_rows == want.num_rows == oracle.offline_rows
-    keys = list(zip(got["source_topic"].to_pylist(), got["source_partition"].to_pylist(),
-                    got["source_offset"].to_pylist()))
+    keys, want_keys = _provenance(got), _provenance(want)
+    assert got.num_rows == want.num_rows == oracle.offline_rows, \
+        f"missing {sorted(set(want_keys) - set(keys))[:10]}, unexpected {sorted(set(keys) - set(want_keys))[:10]}"
     assert len(set(keys)) == len(keys), "duplicate rows in the offline store"
     assert got.drop_columns(["date"]).to_pandas().equals(want.drop_columns(["date"]).to_pandas())
 
@@ -79,13 +84,11 @@ def test_simulated_stream_reaches_redis_and_lake(env, tmp_path):
         assert any(k.startswith(name) for k in metrics), name
 
 
-def _first_worker_midway(env, tmp_path, seed: int, patients: int, hours: float, topics_only=None):
-    """Produce a simulated history, start a worker, and return once part (not all) of it is in the lake."""
+def _first_worker_midway(env, tmp_path, seed: int, patients: int, hours: float):
+    """Produce a simulated history (every clinical topic), start a worker, and return once part (not all) of it
+    is in the lake."""
     settings, client, workers = env
-    items = sim_items(seed=seed, patients=patients, hours=hours)
-    if topics_only:
-        items = [i for i in items if i[0] in topics_only]
-    produced = produce(settings, items)
+    produced = produce(settings, sim_items(seed=seed, patients=patients, hours=hours))
     oracle = run_oracle(settings, in_merge_order(produced), tmp_path / "oracle-lake")
     lake = Lake.from_settings(settings)
     first = WorkerProcess(settings, tmp_path / "worker1.log").start()
@@ -96,10 +99,9 @@ def _first_worker_midway(env, tmp_path, seed: int, patients: int, hours: float, 
 
 
 def test_kill9_mid_stream_loses_nothing_and_duplicates_nothing(env, tmp_path):
-    # Crash safety on its own: vitals and enrolments only, so the cross-topic merge (whose restart behaviour
-    # with interleaved labs is a known open problem, docs/status.md) cannot decide the outcome.
-    settings, client, workers, oracle, lake, first = _first_worker_midway(
-        env, tmp_path, seed=12, patients=16, hours=12, topics_only={topics.VITALS, topics.PATIENTS})
+    # All clinical topics: the restarted worker must also resume the cross-topic merge order, with feature
+    # state (written per flush) ahead of the committed offsets of some topics.
+    settings, client, workers, oracle, lake, first = _first_worker_midway(env, tmp_path, seed=12, patients=16, hours=12)
     assert count_offline(lake) < oracle.offline_rows, "the worker finished before it could be killed"
     first.kill9()
     second = WorkerProcess(settings, tmp_path / "worker2.log").start()
@@ -110,8 +112,9 @@ def test_kill9_mid_stream_loses_nothing_and_duplicates_nothing(env, tmp_path):
 
 
 def test_second_worker_joining_mid_stream_rebalances_without_loss(env, tmp_path):
-    settings, client, workers, oracle, lake, first = _first_worker_midway(
-        env, tmp_path, seed=13, patients=16, hours=16, topics_only={topics.VITALS, topics.PATIENTS})
+    # The first worker keeps some partitions: records it fetched before the rebalance but had not taken yet
+    # must not be merged ahead of the records re-read from the committed offsets (agents/clinical.py: _current).
+    settings, client, workers, oracle, lake, first = _first_worker_midway(env, tmp_path, seed=13, patients=16, hours=16)
     # A second worker of the same group: the partitions are split between the two (a rebalance).
     from tests.harness import free_port
 
