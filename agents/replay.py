@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 DAY_MS = 86_400_000
 FEATURE_TOPICS: tuple[str, ...] = tuple(MERGE_RANK)  # patients, labs, medications, vitals
 TARGETS = ("offline", "online", "both")
+STALL_S = 120.0  # a reader without progress this long fails the replay instead of hanging
 
 
 class ReplayError(RuntimeError):
@@ -148,6 +149,12 @@ async def _plan_ranges(settings: Settings, warmup_from_ms: int, stop_at_ms: int 
         for tp in tps:
             logical = topics.logical_name(settings, tp.topic)
             first = begin[tp] if logical in beginning else (starts[tp].offset if starts.get(tp) else end[tp])
+            if begin[tp] > 0 and first == begin[tp] and first < end[tp]:
+                # Records were deleted (retention) and the oldest one left is already inside the range: the
+                # history it needs is gone, and replaying would replace true rows with partial ones.
+                raise ReplayError(f"{tp.topic}[{tp.partition}] no longer holds the history from "
+                                  f"{day_of(max(warmup_from_ms, 0))} (its log starts at offset {begin[tp]}); "
+                                  "replay a later range")
             stop = stops[tp].offset if stops.get(tp) else end[tp]
             ranges[(logical, tp.partition)] = (first, max(first, stop))
         return ranges
@@ -171,6 +178,16 @@ def plan_replay(settings: Settings, from_ms: int, to_ms: int, *, patients: Itera
     if stop_at > time.time() * 1000:
         stop_at = None  # up to the end of the log
     ranges = asyncio.run(_plan_ranges(settings, warmup, stop_at, FEATURE_TOPICS, (topics.PATIENTS,)))
+    # A day committed before by a replay that read further (a wider range) must not lose the rows that
+    # replay covered: read at least as far as every existing manifest of these days.
+    lake = Lake.from_settings(settings)
+    for day in (day_of(t) for t in range(rows_from, rows_to, DAY_MS)):
+        manifest = offline_store.read_manifest(lake, day)
+        for key, last in (manifest or {}).get("last_offsets", {}).items():
+            logical, _, part = key.rpartition("-p")
+            tp = (logical, int(part))
+            if tp in ranges and ranges[tp][1] <= last:
+                ranges[tp] = (ranges[tp][0], last + 1)
     return ReplayPlan(rows_from, rows_to, warmup, ranges, settings.allowed_lateness_ms,
                       tuple(sorted(set(patients))) if patients else None)
 
@@ -206,13 +223,19 @@ class _Reader(threading.Thread):
             consumer.assign([tp])
             consumer.seek(tp, self.first)
             position = self.first
+            progressed = time.monotonic()
             while position < self.stop:
                 got = await consumer.getmany(tp, timeout_ms=1000, max_records=5000)
                 batch = [RawRecord(self.logical, self.partition, m.offset, m.timestamp, m.key, m.value)
                          for m in got.get(tp, ()) if m.offset < self.stop]
                 if batch:
                     self.queue.put(batch)
-                position = await consumer.position(tp)  # past compaction gaps and transaction markers
+                new_position = await consumer.position(tp)  # past compaction gaps and transaction markers
+                if new_position > position:
+                    position, progressed = new_position, time.monotonic()
+                elif time.monotonic() - progressed > STALL_S:
+                    raise ReplayError(f"no progress reading {tp.topic}[{tp.partition}] at offset {position} "
+                                      f"for {STALL_S:.0f} s (is Kafka up? `vitalstream stack status`)")
         finally:
             await consumer.stop()
 
@@ -240,8 +263,9 @@ def read_topic(settings: Settings, logical: str) -> Iterator[RawRecord]:
 class ReplayRows:
     """The offline sink of a replay: keeps the rows of the plan's days, in processing order."""
 
-    def __init__(self, plan: ReplayPlan) -> None:
+    def __init__(self, plan: ReplayPlan, keep_rows: bool = True) -> None:
         self.lo, self.hi = plan.rows_from_ms, plan.rows_to_ms
+        self.keep_rows = keep_rows  # rows are held until the end (~1.5 KB each): not for --target online
         self.rows: dict[str, list[tuple]] = {}
         self.latest: dict[str, tuple[int, str, np.ndarray]] = {}  # per patient, for the online target
         self.buffered_rows = 0
@@ -257,8 +281,9 @@ class ReplayRows:
                 values: np.ndarray) -> None:
         if not self.lo <= ts_ms < self.hi:
             return
-        self.rows.setdefault(day_of(ts_ms), []).append(
-            (patient_id, ts_ms, event_id, topic, partition, offset, values))
+        if self.keep_rows:
+            self.rows.setdefault(day_of(ts_ms), []).append(
+                (patient_id, ts_ms, event_id, topic, partition, offset, values))
         current = self.latest.get(patient_id)
         if current is None or ts_ms >= current[0]:
             self.latest[patient_id] = (ts_ms, event_id, values)
@@ -280,7 +305,7 @@ def replay_partition(settings: Settings, plan: ReplayPlan, partition: int, targe
     """Replay one partition number of every feature topic (the same patients) and write its rows."""
     t0 = time.perf_counter()
     lake = Lake.from_settings(settings)
-    collector = ReplayRows(plan)
+    collector = ReplayRows(plan, keep_rows=target in ("offline", "both"))
     # serialize=False: state stays in this process, and the engine never mutates a stored value in place
     # (the parity test compares the rows with the live worker's, whose table serializes).
     pipeline = Pipeline(lake=lake, store=DictStateStore(serialize=False), online=None,
@@ -313,8 +338,10 @@ def replay_partition(settings: Settings, plan: ReplayPlan, partition: int, targe
             result.rows[day], result.objects[day] = len(rows), path
     if target in ("online", "both") and collector.latest:
         online = OnlineStore.from_url(settings.redis_url)
+        fresh_from = time.time() * 1000 - online.ttl_seconds * 1000
         for pid, (ts, eid, values) in collector.latest.items():
-            online.add(pid, ts, eid, values)
+            if ts >= fresh_from:  # an older vector would have expired live: do not bring it back
+                online.add(pid, ts, eid, values)
         result.online_written = online.flush()  # never overwrites a newer (live) vector
     result.seconds = time.perf_counter() - t0
     return result
@@ -380,10 +407,11 @@ def run_replay(settings: Settings, plan: ReplayPlan, *, target: str = "offline",
             for p in partitions:
                 results.append(replay_partition(settings, plan, p, target, advance))
     else:
-        # fork: the children start at once with everything imported (spawn costs seconds per child here);
-        # they are forked before the progress bar's thread exists, and the parent holds no Kafka client.
-        # (Settings go over as the object: a JSON dump would mask its secrets.)
-        ctx = mp.get_context("fork")
+        # forkserver with this module preloaded: children are forked from a clean single-threaded server (the
+        # parent may run lake or S3 threads), with everything already imported (spawn costs seconds per child).
+        # Settings go over pickled as the object: a JSON dump would mask its secrets.
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["agents.replay"])
         counter, queue_ = ctx.Value("q", 0), ctx.Queue()
         shares = [partitions[i::workers] for i in range(workers)]
         procs = [ctx.Process(target=_worker_main, args=(settings, plan, share, target,
@@ -416,7 +444,10 @@ def run_replay(settings: Settings, plan: ReplayPlan, *, target: str = "offline",
         lake = Lake.from_settings(settings)
         for day in plan.days:
             objects = sorted(r.objects[day] for r in results if day in r.objects)
-            superseded += offline_store.commit_replay(lake, day, plan.plan_id, objects, plan.last_offsets())
+            try:
+                superseded += offline_store.commit_replay(lake, day, plan.plan_id, objects, plan.last_offsets())
+            except offline_store.ReplayConflict as exc:
+                raise ReplayError(str(exc)) from exc
             committed.append(day)
     return ReplayReport(plan, sorted(results, key=lambda r: r.partition), time.perf_counter() - t0,
                         committed, superseded)

@@ -38,7 +38,8 @@ PREFIX = "datasets"
 SPLITS = ("train", "val", "test")
 FRACTIONS = (0.70, 0.15, 0.15)
 KEY_COLUMNS = ["patient_id", "timestamp", "event_id"]
-_PROVENANCE = ["timestamp", "patient_id", "source_topic", "source_partition", "source_offset"]
+_PROVENANCE = ["timestamp", "patient_id", "source_topic", "source_partition", "source_offset", "feature_version"]
+HORIZON_MS = 24 * 3_600_000  # the label horizon: also the gap left before each time-split cut point
 
 
 class DatasetError(ValueError):
@@ -58,6 +59,7 @@ class DatasetInfo:
     cut_points_ms: list[int]  # time split: train < c0 <= val < c1 <= test
     patients_in_several_splits: int
     patients: dict[str, int]
+    several_splits_sample: list[str] = field(default_factory=list)  # up to 20 such patient ids
     files: dict[str, list[str]] = field(default_factory=dict)
     reused: bool = False
 
@@ -90,8 +92,14 @@ def _patient_bucket(patient_ids: np.ndarray) -> np.ndarray:
 
 
 def _assign(split: str, ts: np.ndarray, pids: np.ndarray, cuts: list[int]) -> np.ndarray:
+    """Split index per row (0 train, 1 val, 2 test), or -1 for a row left out of a time split's gap."""
     if split == "time":
-        return np.searchsorted(np.asarray(cuts), ts, side="right").astype(np.int8)
+        assigned = np.searchsorted(np.asarray(cuts), ts, side="right").astype(np.int8)
+        # A row's label looks 24 h ahead: rows within 24 h before a cut point would label with the next
+        # split's events (leakage into early stopping, calibration and the test metrics), so they are left out.
+        for k, cut in enumerate(cuts):
+            assigned[(assigned == k) & (ts > cut - HORIZON_MS)] = -1
+        return assigned
     bucket = _patient_bucket(pids)
     lo, hi = int(FRACTIONS[0] * 100), int((FRACTIONS[0] + FRACTIONS[1]) * 100)
     return np.where(bucket < lo, 0, np.where(bucket < hi, 1, 2)).astype(np.int8)
@@ -116,12 +124,25 @@ def build_dataset(settings: Settings, *, start: str | None = None, end: str | No
                            f"`vitalstream replay --from {start}` first")
     if outcomes is None:
         outcomes, label_offsets = collect_label_outcomes(settings, min_grade)
+    versions = keys["feature_version"].to_numpy(zero_copy_only=False)
+    current = versions == FEATURE_VERSION
+    if not current.any():
+        raise DatasetError(f"no offline rows of feature version {FEATURE_VERSION} dated {start}..{end} (found "
+                           f"{sorted(set(versions))}): replay the range with this code (`vitalstream replay "
+                           f"--from {start}`)")
+    if not current.all():  # rows of other definitions never mix into one dataset
+        stale_days = sorted(set(pc.strftime(keys.filter(pa.array(~current))["timestamp"], format="%Y-%m-%d")
+                                .to_pylist()))
+        log_fn(f"leaving out {int((~current).sum()):,} rows of other feature versions (days {stale_days[0]}.."
+               f"{stale_days[-1]}; replay them to include them)")
     ts_all = keys["timestamp"].cast(pa.int64()).to_numpy()
+    # The end of observation is the end of the replayed data: the latest record seen (feature rows, patient and
+    # adverse-event records), not the range's end, so rows near --to keep their full horizon when data exists.
     data_end = int(ts_all.max())
-    outcomes.data_end_ms = data_end if outcomes.data_end_ms is None else min(outcomes.data_end_ms, data_end)
+    outcomes.data_end_ms = max(outcomes.data_end_ms or 0, data_end)
     pids_all = np.asarray(keys["patient_id"].to_pylist(), dtype=object)
     labels = label_rows(pids_all, ts_all, outcomes)
-    included = labels.included
+    included = labels.included & current
     if split == "time":
         cuts = [int(x) for x in np.quantile(ts_all[included], [FRACTIONS[0], FRACTIONS[0] + FRACTIONS[1]],
                                              method="lower")] if included.any() else [0, 0]
@@ -134,7 +155,7 @@ def build_dataset(settings: Settings, *, start: str | None = None, end: str | No
         .group_by(["d", "t", "p"]).aggregate([("o", "min"), ("o", "max"), ("o", "count")])
         .sort_by([("d", "ascending"), ("t", "ascending"), ("p", "ascending")]).to_pylist()
     )
-    version_spec = {"feature_version": FEATURE_VERSION, "rows": summary, "labels": sorted((label_offsets or {}).items()),
+    version_spec = {"feature_version": FEATURE_VERSION, "gap_ms": HORIZON_MS, "rows": summary, "labels": sorted((label_offsets or {}).items()),
                     "split": split, "min_grade": min_grade, "start": start, "end": end, "data_end": data_end}
     data_version = hashlib.sha256(orjson.dumps(version_spec)).hexdigest()[:16]
     root = f"{PREFIX}/{data_version}"
@@ -147,7 +168,10 @@ def build_dataset(settings: Settings, *, start: str | None = None, end: str | No
         pass
 
     assignment = _assign(split, ts_all, pids_all, cuts)
-    reasons, counts = np.unique(labels.reason[~included], return_counts=True)
+    reason = np.where(current, labels.reason, "other_feature_version").astype(object)
+    reason[included & (assignment < 0)] = "split_gap"
+    included = included & (assignment >= 0)
+    reasons, counts = np.unique(reason[~included], return_counts=True)
     # Row i of `keys` is identified by its provenance; pass 2 reads whole days and looks its label up.
     lookup = {(t, p, o): i for i, (t, p, o) in enumerate(zip(keys["source_topic"].to_pylist(),
                                                               keys["source_partition"].to_pylist(),
@@ -160,11 +184,14 @@ def build_dataset(settings: Settings, *, start: str | None = None, end: str | No
         table = read_offline(lake, day, day)
         if table.num_rows == 0:
             continue
-        idx = np.array([lookup[k] for k in zip(table["source_topic"].to_pylist(), table["source_partition"].to_pylist(),
-                                                  table["source_offset"].to_pylist())], dtype=np.int64)
-        keep = included[idx]
+        # Rows written since pass 1 (a live worker is running) are not in the snapshot the version hashes.
+        idx = np.array([lookup.get(k, -1) for k in zip(table["source_topic"].to_pylist(),
+                                                       table["source_partition"].to_pylist(),
+                                                       table["source_offset"].to_pylist())], dtype=np.int64)
+        known = idx >= 0
+        keep = known & included[np.where(known, idx, 0)]
         for s, name in enumerate(SPLITS):
-            mask = keep & (assignment[idx] == s)
+            mask = keep & (assignment[np.where(known, idx, 0)] == s)
             if not mask.any():
                 continue
             sel = idx[mask]
@@ -180,10 +207,10 @@ def build_dataset(settings: Settings, *, start: str | None = None, end: str | No
             positives[name] += int(labels.label[sel].sum())
             patients[name].update(part["patient_id"].to_pylist())
         log_fn(f"dataset {data_version}: {day} done ({sum(rows.values()):,} rows)")
-    overlap = len((patients["train"] & patients["val"]) | (patients["train"] & patients["test"])
-                  | (patients["val"] & patients["test"]))
+    shared = sorted((patients["train"] & patients["val"]) | (patients["train"] & patients["test"])
+                    | (patients["val"] & patients["test"]))
     info = DatasetInfo(data_version, root, start, end, split, rows, positives,
-                       {str(r): int(c) for r, c in zip(reasons, counts)}, cuts, overlap,
-                       {s: len(patients[s]) for s in SPLITS}, files)
+                       {str(r): int(c) for r, c in zip(reasons, counts)}, cuts, len(shared),
+                       {s: len(patients[s]) for s in SPLITS}, shared[:20], files)
     lake.put(f"{root}/manifest.json", info.to_json())  # written last: a manifest means a complete dataset
     return info

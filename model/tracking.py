@@ -21,7 +21,7 @@ Promotion (``decide_promotion`` then ``apply_promotion``)
 
     * it beats the NEWS2 baseline: ``candidate_auroc > news2_auroc`` (always required: the absolute
       floor when there is no production model yet, and a sanity floor afterwards), and
-    * there is no production model, or ``candidate_auroc >= production_auroc + min_improvement``
+    * there is no production model, or ``candidate_auroc > production_auroc + min_improvement``
       (``DEFAULT_MIN_IMPROVEMENT = 0.0``: a retrained model that is at least as good on the same
       rows replaces production; raise it to demand a real gain).
 
@@ -379,9 +379,9 @@ def decide_promotion(*, model_name: str, candidate_version: str, candidate_auroc
                            f"not promoting without a comparison (promote by hand if intended)")
         else:
             threshold = production_auroc + min_improvement
-            gate_ok = candidate_auroc >= threshold
+            gate_ok = candidate_auroc > threshold  # "beats": a tie keeps the model already in production
             reasons.append(f"gate: candidate test AUROC {candidate_auroc:.4f} "
-                           f"{'>=' if gate_ok else '<'} {PRODUCTION_ALIAS} v{production_version} "
+                           f"{'>' if gate_ok else '<='} {PRODUCTION_ALIAS} v{production_version} "
                            f"AUROC {production_auroc:.4f} on the same rows + min_improvement "
                            f"{min_improvement:g} ({'passed' if gate_ok else 'failed'})")
 

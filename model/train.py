@@ -61,6 +61,13 @@ class TrainReport:
         }
 
 
+def _synthetic_example(preprocessor) -> np.ndarray:
+    """An input example that is no patient's data: the training medians, then the same with gaps."""
+    example = np.tile(np.asarray(preprocessor.medians, dtype=np.float32), (2, 1))
+    example[1, ::3] = np.nan
+    return example
+
+
 def _split(lake: Lake, info: DatasetInfo, name: str) -> ParquetSplit:
     return ParquetSplit([lake.full(p) for p in info.files[name]], filesystem=lake.fs)
 
@@ -95,12 +102,15 @@ def train(settings: Settings, *, start: str | None = None, end: str | None = Non
     config = config or TrainConfig()
     model_name = model_name or settings.model_name
     min_improvement = settings.promotion_min_improvement if min_improvement is None else min_improvement
+    if not min_improvement >= 0:  # checked before any work: a gate never admits a regression
+        raise ValueError(f"the promotion gate must be >= 0, got {min_improvement}")
     lake = Lake.from_settings(settings)
     if register:
         tracking.configure_tracking(settings)  # fail before the long work if MLflow is unreachable
     info = build_dataset(settings, start=start, end=end, split=split, min_grade=min_grade, lake=lake, log_fn=log_fn)
     log_fn(f"dataset {info.data_version}: rows {info.rows}, positives {info.positives}, "
-           f"patients in several splits: {info.patients_in_several_splits}")
+           f"patients in several splits: {info.patients_in_several_splits}"
+           + (f" (e.g. {', '.join(info.several_splits_sample[:5])})" if info.several_splits_sample else ""))
     train_split, val_split, test_split = (_split(lake, info, s) for s in ("train", "val", "test"))
     result = fit(train_split, val_split, config, progress=progress)
     model = result.model
@@ -147,7 +157,8 @@ def train(settings: Settings, *, start: str | None = None, end: str | None = Non
         tags = {"git_commit": tracking.git_commit(), "data_version": info.data_version,
                 "feature_version": FEATURE_VERSION, "split": split}
         run_id, version = tracking.log_candidate(settings, experiment=experiment, model=model,
-                                                 input_example=X_test[:5], params=params, metrics=metrics,
+                                                 input_example=_synthetic_example(result.preprocessor),
+                                                 params=params, metrics=metrics,
                                                  tags=tags, artifacts=artifacts, model_name=model_name)
     decision = tracking.decide_promotion(model_name=model_name, candidate_version=version,
                                         candidate_auroc=metrics["test_auroc"],

@@ -67,36 +67,55 @@ def replay_object_name(plan_id: str, partition: int) -> str:
 
 
 MANIFEST = "_replay.json"
-_REPLAY_NAME = re.compile(r"replay-(?P<plan>[0-9a-f]+)-p\d+\.parquet$")
+_REPLAY_NAME = re.compile(r"/replay-(?P<plan>[0-9a-f]+)-p\d+\.parquet$")
+
+
+class ReplayConflict(RuntimeError):
+    """Another replay committed the same day concurrently."""
+
+
+def read_manifest(lake: Lake, day: str) -> dict | None:
+    try:
+        return orjson.loads(lake.get(f"{PREFIX}/date={day}/{MANIFEST}"))
+    except FileNotFoundError:
+        return None
 
 
 def commit_replay(lake: Lake, day: str, plan_id: str, objects: list[str], last_offsets: dict[str, int]) -> int:
     """Make a replay's objects the content of date=day (one atomic PUT), then delete what they superseded.
 
     last_offsets ('topic-pNNN' -> offset): live rows at or below them were recomputed by the replay.
-    Returns the number of superseded objects deleted.
+    Deletes the live objects superseded and the previous manifest's objects, never another replay's
+    uncommitted ones. Returns the number of objects deleted.
     """
     directory = f"{PREFIX}/date={day}"
+    previous = read_manifest(lake, day)
     manifest = {"plan_id": plan_id, "objects": sorted(objects), "last_offsets": last_offsets,
                 "feature_version": FEATURE_VERSION}
     lake.put(f"{directory}/{MANIFEST}", orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    present = {obj.path for obj in lake.list(directory)}
+    if not set(objects) <= present:  # a concurrent replay's commit deleted ours
+        raise ReplayConflict(f"objects of replay {plan_id} for {day} disappeared while committing: another "
+                             "replay of this day ran at the same time; run one replay per day at a time and "
+                             "repeat this one")
+    old = set(previous["objects"]) - set(objects) if previous else set()
     deleted = 0
-    for obj in lake.list(directory):
-        if _use(obj.path, manifest) is None:
-            lake.delete(obj.path)
+    for path in sorted(present):
+        replayed = _REPLAY_NAME.search(path) is not None
+        if (path in old) or (not replayed and _use(path, manifest) is None):
+            lake.delete(path)
             deleted += 1
     return deleted
 
 
 def _use(path: str, manifest: dict | None) -> str | None:
-    """How a reader uses an object of a date partition: "all", "tail" (rows past the manifest), or None."""
+    """How a reader uses a live object (not a replay's) of a date partition under its manifest:
+    "all", "tail" (only rows past the manifest's offsets), None (superseded), or "keep" (not rows)."""
     name = path.rsplit("/", 1)[-1]
     if not name.endswith(".parquet"):
         return "keep"  # the manifest itself
     if manifest is None:
-        return "all" if not _REPLAY_NAME.match(name) else None  # an uncommitted replay's object
-    if _REPLAY_NAME.match(name):
-        return "all" if path in manifest["objects"] else None
+        return "all"
     m = OBJECT_NAME.search(name)
     if m is None:
         return "all"
@@ -123,10 +142,12 @@ def read_offline(lake: Lake, start: str | None = None, end: str | None = None,
             by_day.setdefault(m[1], []).append(obj.path)
     whole, tails = [], []
     for day, paths in sorted(by_day.items()):
-        manifest = None
-        if f"{PREFIX}/date={day}/{MANIFEST}" in paths:
-            manifest = orjson.loads(lake.get(f"{PREFIX}/date={day}/{MANIFEST}"))
+        manifest = read_manifest(lake, day) if f"{PREFIX}/date={day}/{MANIFEST}" in paths else None
+        if manifest is not None:
+            whole.extend(manifest["objects"])  # as committed, even if listed before the commit
         for path in paths:
+            if _REPLAY_NAME.search(path):
+                continue  # a replay object counts only through its manifest
             use = _use(path, manifest)
             if use == "all":
                 whole.append(path)

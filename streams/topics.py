@@ -47,26 +47,33 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     keep = {"retention.ms": str(settings.clinical_retention_ms), "retention.bytes": "-1"}
     name = lambda t: kafka_name(settings, t)  # noqa: E731
     specs = [TopicSpec(name(t), p, r, dict(keep)) for t in (VITALS, LABS, MEDICATIONS, ADVERSE_EVENTS)]
-    # Latest record per patient wins; compaction keeps it forever.
-    specs.append(TopicSpec(name(PATIENTS), p, r, {"cleanup.policy": "compact", "retention.ms": "-1"}))
+    # Latest record per patient wins; compaction keeps it forever. But not before the lag: enrolments and ends
+    # of observation younger than that are all kept, so replays and labels over that span see every one
+    # (docs/replay.md).
+    specs.append(TopicSpec(name(PATIENTS), p, r, {"cleanup.policy": "compact", "retention.ms": "-1",
+                                                  "min.compaction.lag.ms": str(settings.patients_compaction_lag_ms)}))
     specs.append(TopicSpec(name(DEADLETTER), p, r, {"retention.ms": str(settings.deadletter_retention_ms)}))
     specs.append(TopicSpec(name(RISK_SCORES), p, r, {"retention.ms": str(settings.scores_retention_ms)}))
     return specs
 
 
 async def ensure_topics_async(settings: Settings, timeout_s: float = 30.0) -> dict[str, str]:
-    """Create missing topics; return {topic: "created"|"exists"}."""
+    """Create missing topics and bring existing ones to the spec's config; return {topic: "created"|"exists"}."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=int(timeout_s * 1000))
     await admin.start()
     try:
+        from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
         existing = set(await admin.list_topics())
         result: dict[str, str] = {}
         missing = []
         for spec in topic_specs(settings):
             if spec.name in existing:
+                # Reconcile the config of an existing topic with the spec (e.g. a setting added since).
+                await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, spec.name, spec.config)])
                 result[spec.name] = "exists"
             else:
                 missing.append(NewTopic(spec.name, spec.partitions, spec.replication, topic_configs=spec.config))

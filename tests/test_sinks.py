@@ -154,3 +154,39 @@ def test_atomic_local_writes_leave_no_temp_files(tmp_path, stack):
     sink.add("topic", 0, 1, "d", b"a")
     sink.flush()
     assert [p.name for p in (tmp_path / "lake").rglob("*") if p.name.startswith(".tmp-")] == []
+
+
+def test_replay_manifest_supersedes_live_rows_atomically(lake):
+    from sinks.offline import PREFIX, commit_replay, encode_rows, replay_object_name
+    from sinks.partitioned import object_name
+
+    day, ts = "2026-03-01", 1_772_366_400_000
+    d = f"{PREFIX}/date={day}"
+
+    def rows(offsets, tag=0.0):
+        return [(f"P{o % 3}", ts + o, f"e{o}", "clinical.vitals", 0, o, vector(o) + tag) for o in offsets]
+
+    def put(path, offsets, tag=0.0):
+        lake.put(path, encode_rows(rows(offsets, tag)))
+
+    def offsets() -> list[int]:
+        return sorted(read_offline(lake, day, day)["source_offset"].to_pylist())
+
+    put(f"{d}/{object_name('clinical.vitals', 0, 0, 9, 'parquet')}", range(0, 10))  # live, superseded
+    put(f"{d}/{object_name('clinical.vitals', 0, 10, 19, 'parquet')}", range(10, 20))  # straddles the end
+    put(f"{d}/{replay_object_name('aaa', 0)}", range(0, 15), tag=1.0)  # replay A, not committed yet
+    assert offsets() == list(range(20)), "an uncommitted replay object was read"
+    put(f"{d}/{replay_object_name('bbb', 0)}", range(0, 15), tag=2.0)  # replay B, concurrently
+    deleted = commit_replay(lake, day, "aaa", [f"{d}/{replay_object_name('aaa', 0)}"], {"clinical.vitals-p000": 14})
+    assert deleted == 1  # the superseded live object; B's uncommitted object is not A's to delete
+    table = read_offline(lake, day, day)
+    assert sorted(table["source_offset"].to_pylist()) == list(range(20))  # replay 0-14 + live tail 15-19
+    j = next(i for i in range(N_FEATURES) if np.isfinite(vector(3)[i]) and np.isfinite(vector(17)[i]))
+    got = dict(zip(table["source_offset"].to_pylist(), table[FEATURE_NAMES[j]].to_pylist()))
+    assert got[3] == vector(3)[j] + 1.0 and got[17] == vector(17)[j]
+    # B commits after A: A's objects go, B's rows are read.
+    commit_replay(lake, day, "bbb", [f"{d}/{replay_object_name('bbb', 0)}"], {"clinical.vitals-p000": 14})
+    assert offsets() == list(range(20))
+    assert not any("replay-aaa" in o.path for o in lake.list(d))
+    got = dict(zip(*(read_offline(lake, day, day)[c].to_pylist() for c in ("source_offset", FEATURE_NAMES[j]))))
+    assert got[3] == vector(3)[j] + 2.0

@@ -67,6 +67,7 @@ def test_topics_exist_with_retention(stack):
         for key, value in spec.config.items():
             assert configs[spec.name][key] == value, (spec.name, key)
     assert configs["clinical.patients"]["cleanup.policy"] == "compact"
+    assert int(configs["clinical.patients"]["min.compaction.lag.ms"]) >= 365 * 24 * 3600 * 1000  # replayable
     assert configs["clinical.vitals"]["retention.ms"] == "-1"
 
 

@@ -109,7 +109,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
     from model.dataset import DatasetError
     from model.train import train
     from model.training import TrainConfig
-    from model.tracking import TrackingUnavailableError
+    from model.tracking import PromotionConflictError, TrackingUnavailableError
 
     config = TrainConfig(max_epochs=args.max_epochs, patience=args.patience, seed=args.seed,
                          batch_rows=args.batch_rows, hidden=tuple(args.hidden))
@@ -117,7 +117,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
         report = train(settings, start=args.from_, end=args.to, split=args.split, config=config,
                        min_grade=args.min_grade, register=not args.no_register, min_improvement=args.gate,
                        progress=not args.quiet, log_fn=console.print)
-    except (DatasetError, TrackingUnavailableError, ValueError) as exc:
+    except (DatasetError, TrackingUnavailableError, PromotionConflictError, ValueError) as exc:
         console.print(f"[red]✗ {exc}[/]")
         return 1
     print(json.dumps(report.headline()))

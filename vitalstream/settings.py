@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     clinical_retention_ms: int = -1  # Kafka history is the source of truth: keep it
     deadletter_retention_ms: int = 90 * 24 * 3600 * 1000
     scores_retention_ms: int = 7 * 24 * 3600 * 1000
+    patients_compaction_lag_ms: int = 730 * 24 * 3600 * 1000  # clinical.patients: compact only records older
 
     # --- worker ------------------------------------------------------------------
     app_id: str = "vitalstream"
@@ -74,7 +75,7 @@ class Settings(BaseSettings):
 
     # --- training and the model registry ----------------------------------------
     model_name: str = "adverse_event_24h"  # registered model name in MLflow
-    promotion_min_improvement: float = 0.0  # production moves when candidate AUROC >= production's + this
+    promotion_min_improvement: float = 0.0  # production moves when candidate AUROC > production's + this
     datasets_days: int = 90  # `vitalstream train` default range: the last N days of the offline store
 
     # --- API ---------------------------------------------------------------------
