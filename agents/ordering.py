@@ -8,9 +8,9 @@ interrupted by a crash). Like Kafka Streams' `max.task.idle.ms`, records of the
 same partition number of every topic (the same patients, as every topic is keyed
 by patient_id) are merged by their heads: the smallest (timestamp, topic rank)
 goes first. Live, a head is released once every topic has a record buffered, or
-once the empty topics are caught up and the head has waited `grace_ms`, or after
-`max_idle_ms` regardless. Replay, with all records at hand, calls `merge_order`,
-the same rule without waiting.
+once the empty topics are caught up and the head has waited `grace_ms`, or once the
+partition's merge has been blocked on an empty topic for `max_idle_ms` regardless.
+Replay, with all records at hand, calls `merge_order`, the same rule without waiting.
 """
 from __future__ import annotations
 
@@ -44,6 +44,10 @@ class TimestampMerge:
         # partition -> topic -> FIFO of (record, handle, received_ms)
         self._fifos: dict[int, dict[str, deque[tuple[RawRecord, Any, float]]]] = {}
         self.last_offset: dict[tuple[str, int], int] = {}
+        # partition -> when its merge first had to wait for an empty topic (cleared when it moves on). Max idle
+        # counts from here, like Kafka Streams' max.task.idle.ms, not from when the head record arrived: a
+        # record buffered a long time during a catch-up must still wait for a topic that just ran empty.
+        self._blocked_since: dict[int, float] = {}
 
     def add(self, rec: RawRecord, handle: Any, received_ms: float) -> None:
         fifos = self._fifos.setdefault(rec.partition, {t: deque() for t in MERGE_RANK})
@@ -63,11 +67,13 @@ class TimestampMerge:
                 if not heads:
                     break
                 rec, handle, received = min(heads, key=lambda h: _key(h[0]))
-                waited = now_ms - received
                 empty = [t for t, q in fifos.items() if not q]
-                if empty and waited < self.max_idle_ms:
-                    if waited < self.grace_ms or not all(caught_up(t, partition) for t in empty):
-                        break
+                if empty:
+                    blocked = now_ms - self._blocked_since.setdefault(partition, now_ms)
+                    if blocked < self.max_idle_ms:
+                        if now_ms - received < self.grace_ms or not all(caught_up(t, partition) for t in empty):
+                            break
+                self._blocked_since.pop(partition, None)
                 fifos[rec.topic].popleft()
                 out.append((rec, handle))
         return out
@@ -75,3 +81,4 @@ class TimestampMerge:
     def clear(self) -> None:
         self._fifos.clear()
         self.last_offset.clear()
+        self._blocked_since.clear()
