@@ -166,6 +166,16 @@ async def _on_revoked(app_, revoked, **kwargs) -> None:  # noqa: ANN001
         live.reset()
 
 
+@app.on_partitions_assigned.connect
+async def _on_assigned(app_, assigned, **kwargs) -> None:  # noqa: ANN001
+    live = _live
+    if live is not None and live.stale_generation is not None and app.consumer_generation_id == live.stale_generation:
+        # A rejoin that kept the generation (possible for a follower with unchanged metadata): dropping this
+        # generation's records would stall the worker. Accept them; the merge was reset at the revocation.
+        log.warning("rebalance kept consumer generation %s: not dropping its records", live.stale_generation)
+        live.stale_generation = None
+
+
 @app.task
 async def _on_worker_start() -> None:
     from streams.topics import ensure_topics_async
@@ -222,7 +232,7 @@ async def _dead_letter_on_error(msg, sends: list) -> None:  # noqa: ANN001
 
 async def _process_released(live: _LiveState) -> None:
     """Run the records the merge releases through the pipeline; write Redis once for all of them."""
-    released = live.merge.release(time.time() * 1000, _caught_up)
+    released = live.merge.release(time.monotonic() * 1000, _caught_up)  # monotonic: immune to clock steps
     # Released records are owed an ack whatever happens next.
     live.unacked.extend(event for _, event in released)
     sends: list = live.pending_sends
@@ -286,7 +296,10 @@ def _current(live: _LiveState, msg) -> bool:  # noqa: ANN001
 async def _consume(live: _LiveState, stream) -> None:  # noqa: ANN001
     async for events in stream.noack_take(settings.batch_max_events, within=settings.batch_max_seconds):
         async with live.lock:
-            events = [event for event in events if _current(live, event.message)]
+            current = [event for event in events if _current(live, event.message)]
+            if len(current) < len(events):
+                metrics.STALE_DROPPED.inc(len(events) - len(current))
+            events = current
             if not events:
                 continue
             live.revoked = False
@@ -294,7 +307,7 @@ async def _consume(live: _LiveState, stream) -> None:  # noqa: ANN001
             last = events[-1].message
             highwater = _highwater(last.tp)
             live.backlogged = highwater is not None and highwater - last.offset > settings.batch_max_events
-            now_ms = time.time() * 1000
+            now_ms = time.monotonic() * 1000  # merge timing only (see TimestampMerge)
             sends = live.pending_sends
             for event in events:
                 msg = event.message

@@ -13,6 +13,8 @@ IMPLAUSIBLE = Counter("vitalstream_implausible_values_total", "Implausible-but-p
 FEATURE_UPDATES = Counter("vitalstream_feature_updates_total", "Feature vectors computed")
 REDELIVERED = Counter("vitalstream_redelivered_total", "Records a sink already held (redelivery after a crash)",
                       ["sink"])
+STALE_DROPPED = Counter("vitalstream_stale_generation_dropped_total",
+                        "Records fetched before a rebalance, dropped unacked (redelivered from the committed offset)")
 UPDATE_LATENCY = Histogram(
     "vitalstream_feature_update_latency_seconds",
     "From a record's arrival in Kafka to its feature vector's Redis write",

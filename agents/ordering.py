@@ -44,9 +44,10 @@ class TimestampMerge:
         # partition -> topic -> FIFO of (record, handle, received_ms)
         self._fifos: dict[int, dict[str, deque[tuple[RawRecord, Any, float]]]] = {}
         self.last_offset: dict[tuple[str, int], int] = {}
-        # partition -> when its merge first had to wait for an empty topic (cleared when it moves on). Max idle
-        # counts from here, like Kafka Streams' max.task.idle.ms, not from when the head record arrived: a
-        # record buffered a long time during a catch-up must still wait for a topic that just ran empty.
+        # partition -> since when its merge has waited on a lagging (empty, not caught up) topic; cleared when
+        # no topic lags. Max idle counts from here, like Kafka Streams' max.task.idle.ms, not from when the head
+        # record arrived: a record buffered long during a catch-up must still wait for a topic that just ran empty.
+        # Times are monotonic milliseconds.
         self._blocked_since: dict[int, float] = {}
 
     def add(self, rec: RawRecord, handle: Any, received_ms: float) -> None:
@@ -65,15 +66,19 @@ class TimestampMerge:
             while True:
                 heads = [q[0] for q in fifos.values() if q]
                 if not heads:
+                    self._blocked_since.pop(partition, None)
                     break
                 rec, handle, received = min(heads, key=lambda h: _key(h[0]))
                 empty = [t for t, q in fifos.items() if not q]
-                if empty:
-                    blocked = now_ms - self._blocked_since.setdefault(partition, now_ms)
-                    if blocked < self.max_idle_ms:
-                        if now_ms - received < self.grace_ms or not all(caught_up(t, partition) for t in empty):
-                            break
-                self._blocked_since.pop(partition, None)
+                if empty and not all(caught_up(t, partition) for t in empty):
+                    # Waiting on a lagging topic. The clock runs until it delivers or catches up, not per
+                    # record: once past max idle, the partition flows instead of one record per max idle.
+                    if now_ms - self._blocked_since.setdefault(partition, now_ms) < self.max_idle_ms:
+                        break
+                else:
+                    self._blocked_since.pop(partition, None)
+                    if empty and now_ms - received < self.grace_ms:
+                        break
                 fifos[rec.topic].popleft()
                 out.append((rec, handle))
         return out

@@ -72,3 +72,27 @@ def test_grace_for_caught_up_topics_and_no_wait_when_every_topic_has_a_head() ->
     # Every topic has a head: the smallest goes at once, however recent.
     out = merge.release(2_000, lambda t, p: False)
     assert [h for _, h in out] == TOPICS[:1]  # then labs waits: patients ran empty and may have more at the broker
+
+
+def test_a_topic_that_lags_for_good_costs_one_max_idle_not_one_per_record() -> None:
+    merge = TimestampMerge(grace_ms=50, max_idle_ms=30_000)
+    for i in range(100):
+        merge.add(record(TOPICS[3], i, i), i, received_ms=0)
+    lagging = lambda t, p: t != TOPICS[2]  # noqa: E731 - medications never catches up
+    released = []
+    for tick in range(0, 5 * 60_000, 50):
+        released += [h for _, h in merge.release(tick, lagging)]
+    assert released == list(range(100))
+    assert merge.release(0, lagging) == []
+
+
+def test_the_idle_clock_restarts_once_the_lagging_topic_delivers() -> None:
+    merge = TimestampMerge(grace_ms=0, max_idle_ms=1_000)
+    merge.add(record(TOPICS[3], 0, 10), "v0", received_ms=0)
+    assert merge.release(500, lambda t, p: False) == []  # blocked since 500
+    merge.add(record(TOPICS[0], 0, 5), "p0", received_ms=600)
+    merge.add(record(TOPICS[1], 0, 6), "l0", received_ms=600)
+    merge.add(record(TOPICS[2], 0, 7), "m0", received_ms=600)
+    assert [h for _, h in merge.release(600, lambda t, p: False)] == ["p0"]  # every topic had a head
+    assert merge.release(1_400, lambda t, p: False) == []  # a new wait from 600, not from 500
+    assert [h for _, h in merge.release(1_600, lambda t, p: False)] == ["l0", "m0", "v0"]
