@@ -284,7 +284,7 @@ def timelines(draw):
     """Small integer clocks so that rows, onsets, ends and horizons collide on the boundaries often."""
     horizon = draw(st.integers(1, 12))
     patients = [f"P{i}" for i in range(draw(st.integers(1, 5)))]
-    times = st.integers(-5, 60)
+    times = st.integers(0, 60)  # epoch ms are never negative (onset_ms uses -1 for "none")
     onsets = {p: sorted(set(draw(st.lists(times, max_size=4)))) for p in patients}
     onsets = {p: o for p, o in onsets.items() if o}
     ends = {p: draw(times) for p in patients if draw(st.booleans())}
