@@ -1,9 +1,16 @@
 """Shared fixtures. Tests marked `stack` use the real local services (brought up once if needed)."""
 from __future__ import annotations
 
+import os
 import uuid
 
 import pytest
+from hypothesis import settings as hypothesis_settings
+
+# CI replays the same examples every run (a red CI blocks landing, so it must not depend on luck);
+# local runs explore new random examples each time and report any failing case to pin.
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 from vitalstream.settings import Settings
 
