@@ -239,6 +239,7 @@ async def _process_released(live: _LiveState) -> None:
     n_sends = len(sends)
     for rec, event in released:
         await _process_one(live, rec, event, sends)
+    _record_lag(event.message for _, event in released)
     if live.online_since is None and live.pipeline.online is not None and live.pipeline.online.buffered:
         live.online_since = time.monotonic()
     if live.online_due():
@@ -259,9 +260,17 @@ async def _process_one(live: _LiveState, rec: RawRecord, event, sends: list) -> 
         return
     if dead is not None:
         sends.append(await deadletter_topic.send(key=dead.key, value=dead.value))
-    highwater = _highwater(msg.tp)
-    if highwater is not None:
-        metrics.CONSUMER_LAG.labels(msg.topic, str(msg.partition)).set(max(highwater - msg.offset - 1, 0))
+
+
+def _record_lag(messages) -> None:  # noqa: ANN001
+    """Consumer lag per topic-partition after a batch: set once per partition, not per record."""
+    last = {}
+    for msg in messages:
+        last[msg.tp] = msg
+    for tp, msg in last.items():
+        highwater = _highwater(tp)
+        if highwater is not None:
+            metrics.CONSUMER_LAG.labels(msg.topic, str(msg.partition)).set(max(highwater - msg.offset - 1, 0))
 
 
 @app.agent(clinical_topic)
@@ -318,6 +327,7 @@ async def _consume(live: _LiveState, stream) -> None:  # noqa: ANN001
                 else:  # adverse events (and anything unexpected) need no ordering
                     await _process_one(live, rec, event, sends)
                     live.unacked.append(event)
+                    _record_lag([msg])
             await _process_released(live)
             if live.flush_due():
                 await live.flush_and_ack()

@@ -141,8 +141,7 @@ class Pipeline:
         sealed = []
         for name, sink in (("bronze", self.bronze), ("silver", self.silver), ("offline", self.offline)):
             if sink is not None:
-                batch = sink.seal()
-                sealed.append((name, batch if isinstance(batch, list) else [batch]))
+                sealed.append((name, sink.seal_batches()))
         return sealed
 
     @staticmethod

@@ -36,8 +36,9 @@ import orjson
 from agents.ordering import MERGE_RANK, merge_order
 from agents.pipeline import Pipeline, RawRecord
 from sinks import offline as offline_store
-from sinks.lake import Lake
-from sinks.online import OnlineStore
+from sinks.lake import DAY_MS, Lake, utc_day
+from sinks.online import MemoryOnlineStore, OnlineStore
+from sinks.partitioned import parse_tp_key, tp_key
 from streams import topics
 from tables.features.registry import FEATURE_VERSION, RECALL_MS
 from tables.state import DictStateStore
@@ -45,7 +46,6 @@ from vitalstream.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DAY_MS = 86_400_000
 FEATURE_TOPICS: tuple[str, ...] = tuple(MERGE_RANK)  # patients, labs, medications, vitals
 TARGETS = ("offline", "online", "both")
 STALL_S = 120.0  # a reader without progress this long fails the replay instead of hanging
@@ -68,8 +68,6 @@ def parse_time(text: str) -> int:
     return int(dt.timestamp() * 1000)
 
 
-def day_of(ts_ms: int) -> str:
-    return datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d")
 
 
 @dataclass(frozen=True)
@@ -89,7 +87,7 @@ class ReplayPlan:
 
     @property
     def days(self) -> list[str]:
-        return [day_of(t) for t in range(self.rows_from_ms, self.rows_to_ms, DAY_MS)]
+        return [utc_day(t) for t in range(self.rows_from_ms, self.rows_to_ms, DAY_MS)]
 
     @property
     def total_records(self) -> int:
@@ -108,7 +106,7 @@ class ReplayPlan:
 
     def last_offsets(self) -> dict[str, int]:
         """'topic-pNNN' -> last offset the replay covered (what its rows supersede)."""
-        return {f"{t}-p{p:03d}": stop - 1 for (t, p), (first, stop) in sorted(self.ranges.items())}
+        return {tp_key(t, p): stop - 1 for (t, p), (first, stop) in sorted(self.ranges.items())}
 
 
 def _consumer(settings: Settings):
@@ -153,7 +151,7 @@ async def _plan_ranges(settings: Settings, warmup_from_ms: int, stop_at_ms: int 
                 # Records were deleted (retention) and the oldest one left is already inside the range: the
                 # history it needs is gone, and replaying would replace true rows with partial ones.
                 raise ReplayError(f"{tp.topic}[{tp.partition}] no longer holds the history from "
-                                  f"{day_of(max(warmup_from_ms, 0))} (its log starts at offset {begin[tp]}); "
+                                  f"{utc_day(max(warmup_from_ms, 0))} (its log starts at offset {begin[tp]}); "
                                   "replay a later range")
             stop = stops[tp].offset if stops.get(tp) else end[tp]
             ranges[(logical, tp.partition)] = (first, max(first, stop))
@@ -170,7 +168,7 @@ def plan_replay(settings: Settings, from_ms: int, to_ms: int, *, patients: Itera
     late is outside the allowed lateness of any patient who is still being observed).
     """
     if to_ms <= from_ms:
-        raise ReplayError(f"--to must be after --from ({day_of(from_ms)} .. {day_of(to_ms)})")
+        raise ReplayError(f"--to must be after --from ({utc_day(from_ms)} .. {utc_day(to_ms)})")
     rows_from = from_ms // DAY_MS * DAY_MS
     rows_to = -(-to_ms // DAY_MS) * DAY_MS
     warmup = rows_from - RECALL_MS - settings.allowed_lateness_ms
@@ -181,11 +179,10 @@ def plan_replay(settings: Settings, from_ms: int, to_ms: int, *, patients: Itera
     # A day committed before by a replay that read further (a wider range) must not lose the rows that
     # replay covered: read at least as far as every existing manifest of these days.
     lake = Lake.from_settings(settings)
-    for day in (day_of(t) for t in range(rows_from, rows_to, DAY_MS)):
+    for day in (utc_day(t) for t in range(rows_from, rows_to, DAY_MS)):
         manifest = offline_store.read_manifest(lake, day)
         for key, last in (manifest or {}).get("last_offsets", {}).items():
-            logical, _, part = key.rpartition("-p")
-            tp = (logical, int(part))
+            tp = parse_tp_key(key)
             if tp in ranges and ranges[tp][1] <= last:
                 ranges[tp] = (ranges[tp][0], last + 1)
     return ReplayPlan(rows_from, rows_to, warmup, ranges, settings.allowed_lateness_ms,
@@ -267,7 +264,7 @@ class ReplayRows:
         self.lo, self.hi = plan.rows_from_ms, plan.rows_to_ms
         self.keep_rows = keep_rows  # rows are held until the end (~1.5 KB each): not for --target online
         self.rows: dict[str, list[tuple]] = {}
-        self.latest: dict[str, tuple[int, str, np.ndarray]] = {}  # per patient, for the online target
+        self.latest = MemoryOnlineStore()  # each patient's newest vector, by the online store's own rule
         self.buffered_rows = 0
 
     # The interface Pipeline uses (sinks.offline.OfflineFeatureSink's).
@@ -282,11 +279,9 @@ class ReplayRows:
         if not self.lo <= ts_ms < self.hi:
             return
         if self.keep_rows:
-            self.rows.setdefault(day_of(ts_ms), []).append(
+            self.rows.setdefault(utc_day(ts_ms), []).append(
                 (patient_id, ts_ms, event_id, topic, partition, offset, values))
-        current = self.latest.get(patient_id)
-        if current is None or ts_ms >= current[0]:
-            self.latest[patient_id] = (ts_ms, event_id, values)
+        self.latest.add(patient_id, ts_ms, event_id, values)
 
 
 @dataclass
@@ -336,10 +331,11 @@ def replay_partition(settings: Settings, plan: ReplayPlan, partition: int, targe
             path = f"{offline_store.PREFIX}/date={day}/{offline_store.replay_object_name(plan.plan_id, partition)}"
             lake.put(path, offline_store.encode_rows(rows))
             result.rows[day], result.objects[day] = len(rows), path
-    if target in ("online", "both") and collector.latest:
+    collector.latest.flush()
+    if target in ("online", "both") and collector.latest.vectors:
         online = OnlineStore.from_url(settings.redis_url)
         fresh_from = time.time() * 1000 - online.ttl_seconds * 1000
-        for pid, (ts, eid, values) in collector.latest.items():
+        for pid, (ts, eid, values) in collector.latest.vectors.items():
             if ts >= fresh_from:  # an older vector would have expired live: do not bring it back
                 online.add(pid, ts, eid, values)
         result.online_written = online.flush()  # never overwrites a newer (live) vector

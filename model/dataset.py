@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from model.labels import OutcomeCollector, Outcomes, label_rows
 from sinks.lake import Lake
 from sinks.offline import read_offline
+from sinks.partitioned import tp_key
 from streams import topics
 from streams.validation import validate_record
 from tables.features.registry import FEATURE_NAMES, FEATURE_VERSION
@@ -76,7 +77,7 @@ def collect_label_outcomes(settings: Settings, min_grade: int = 1) -> tuple[Outc
     for logical in (topics.PATIENTS, topics.ADVERSE_EVENTS):
         for rec in read_topic(settings, logical):
             collector.add(validate_record(rec.topic, rec.key, rec.value, rec.timestamp_ms))
-            key = f"{rec.topic}-p{rec.partition:03d}"
+            key = tp_key(rec.topic, rec.partition)
             ends[key] = max(ends.get(key, -1), rec.offset)
     return collector.outcomes(data_end_ms=collector.max_seen_ms or 0), ends
 

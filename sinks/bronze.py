@@ -7,11 +7,10 @@ Path: raw/{topic}/date=YYYY-MM-DD/hour=HH/ by Kafka record time.
 from __future__ import annotations
 
 import base64
-from datetime import datetime, timezone
 
 import orjson
 
-from sinks.lake import Lake
+from sinks.lake import Lake, utc_day
 from sinks.partitioned import OffsetTrackedSink
 
 
@@ -44,6 +43,5 @@ class BronzeSink(OffsetTrackedSink):
 
     def add_record(self, topic: str, partition: int, offset: int, timestamp_ms: int, key: bytes | None,
                    value: bytes | None) -> None:
-        dt = datetime.fromtimestamp(timestamp_ms / 1000, tz=timezone.utc)
-        directory = f"{topic}/date={dt:%Y-%m-%d}/hour={dt:%H}"
+        directory = f"{topic}/date={utc_day(timestamp_ms)}/hour={timestamp_ms // 3_600_000 % 24:02d}"
         self.add(topic, partition, offset, directory, envelope(topic, partition, offset, timestamp_ms, key, value))

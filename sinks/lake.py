@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import date, datetime, timedelta, timezone
 from urllib.parse import urlsplit
 
@@ -89,6 +90,19 @@ class Lake:
                 continue
             out.append(LakeObject(info.path[len(self.root) + 1:], info.size or 0))
         return sorted(out, key=lambda o: o.path)
+
+
+DAY_MS = 86_400_000
+
+
+def utc_day(ts_ms: int) -> str:
+    """YYYY-MM-DD (UTC) of an epoch-ms time: the one day-partition rule of the lake (live and replay)."""
+    return _day_name(ts_ms // DAY_MS)
+
+
+@lru_cache(maxsize=4096)
+def _day_name(day_number: int) -> str:  # cached: called per row on the sinks' hot path
+    return (date(1970, 1, 1) + timedelta(days=day_number)).isoformat()
 
 
 def partition_date(path: str) -> date | None:

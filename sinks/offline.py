@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import io
 import re
-from datetime import datetime, timezone
 
 import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sinks.lake import Lake
-from sinks.partitioned import OBJECT_NAME, OffsetTrackedSink
+from sinks.lake import Lake, partition_date, utc_day
+from sinks.partitioned import OBJECT_NAME, OffsetTrackedSink, tp_key
 from tables.features.registry import FEATURE_NAMES, FEATURE_VERSION
 
 PREFIX = "features/offline"
-_DATE_DIR = re.compile(r"/date=(\d{4}-\d{2}-\d{2})/")
 KEY_COLUMNS = [
     ("patient_id", pa.string()),
     ("timestamp", pa.timestamp("ms", tz="UTC")),
@@ -57,8 +55,7 @@ class OfflineFeatureSink(OffsetTrackedSink):
 
     def add_row(self, topic: str, partition: int, offset: int, patient_id: str, ts_ms: int, event_id: str,
                 values: np.ndarray) -> None:
-        day = datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc)
-        self.add(topic, partition, offset, f"date={day:%Y-%m-%d}",
+        self.add(topic, partition, offset, f"date={utc_day(ts_ms)}",
                  (patient_id, ts_ms, event_id, topic, partition, offset, values))
 
 
@@ -119,7 +116,7 @@ def _use(path: str, manifest: dict | None) -> str | None:
     m = OBJECT_NAME.search(name)
     if m is None:
         return "all"
-    last = manifest["last_offsets"].get(f"{m['topic']}-p{int(m['partition']):03d}")
+    last = manifest["last_offsets"].get(tp_key(m["topic"], int(m["partition"])))
     if last is None or int(m["first"]) > last:
         return "all"
     return "tail" if int(m["last"]) > last else None
@@ -137,9 +134,9 @@ def read_offline(lake: Lake, start: str | None = None, end: str | None = None,
 
     by_day: dict[str, list[str]] = {}
     for obj in lake.list(PREFIX):
-        m = _DATE_DIR.search(obj.path)
-        if m and (start is None or m[1] >= start) and (end is None or m[1] <= end):
-            by_day.setdefault(m[1], []).append(obj.path)
+        day = partition_date(obj.path)
+        if day is not None and (start is None or str(day) >= start) and (end is None or str(day) <= end):
+            by_day.setdefault(str(day), []).append(obj.path)
     whole, tails = [], []
     for day, paths in sorted(by_day.items()):
         manifest = read_manifest(lake, day) if f"{PREFIX}/date={day}/{MANIFEST}" in paths else None
@@ -163,7 +160,7 @@ def read_offline(lake: Lake, start: str | None = None, end: str | None = None,
     tables = [dataset(whole).to_table(columns=columns)]
     for path, manifest in tails:  # a live object straddling a replay's end: keep the rows past it
         table = dataset([path]).to_table()
-        last = np.array([manifest["last_offsets"].get(f"{t}-p{p:03d}", -1) for t, p in zip(
+        last = np.array([manifest["last_offsets"].get(tp_key(t, p), -1) for t, p in zip(
             table["source_topic"].to_pylist(), table["source_partition"].to_pylist())], dtype=np.int64)
         table = table.filter(pc.greater(table["source_offset"], pa.array(last)))
         tables.append(table.select(columns) if columns else table)

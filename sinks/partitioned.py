@@ -26,8 +26,18 @@ OBJECT_NAME = re.compile(r"(?P<topic>[A-Za-z0-9_.\-]+?)-p(?P<partition>\d+)-o(?P
 TopicPartition = tuple[str, int]
 
 
+def tp_key(topic: str, partition: int) -> str:
+    """'topic-pNNN': how object names, watermarks and replay manifests name a topic-partition."""
+    return f"{topic}-p{partition:03d}"
+
+
+def parse_tp_key(key: str) -> TopicPartition:
+    topic, _, partition = key.rpartition("-p")
+    return topic, int(partition)
+
+
 def object_name(topic: str, partition: int, first: int, last: int, ext: str) -> str:
-    return f"{topic}-p{partition:03d}-o{first:012d}-{last:012d}.{ext}"
+    return f"{tp_key(topic, partition)}-o{first:012d}-{last:012d}.{ext}"
 
 
 @dataclass
@@ -86,7 +96,7 @@ class OffsetTrackedSink:
         self.buffered_rows = 0
 
     def _marker(self, tp: TopicPartition) -> str:
-        return f"_watermarks/{self.name}/{tp[0]}-p{tp[1]:03d}"
+        return f"_watermarks/{self.name}/{tp_key(*tp)}"
 
     def watermark(self, tp: TopicPartition) -> int:
         """Last offset of tp this sink holds; recovers (and removes orphans) on first use."""
@@ -138,6 +148,10 @@ class OffsetTrackedSink:
         self._pending = {}
         self.buffered_rows = 0
         return SealedBatch(self, objects, markers)
+
+    def seal_batches(self) -> list["SealedBatch"]:
+        """`seal`, as the list every sink of the pipeline returns (a composite sink seals several)."""
+        return [self.seal()]
 
     def flush(self) -> FlushStats:
         return self.seal().write()

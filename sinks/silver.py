@@ -5,12 +5,11 @@ Path: processed/{topic}/date=YYYY-MM-DD/ by event time. One typed schema per top
 from __future__ import annotations
 
 import io
-from datetime import datetime, timezone
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sinks.lake import Lake
+from sinks.lake import Lake, utc_day
 from sinks.partitioned import OffsetTrackedSink
 from streams import topics
 from streams.events import CleanEvent, to_record
@@ -62,9 +61,9 @@ class SilverSink:
 
     def add_event(self, topic: str, partition: int, offset: int, event: CleanEvent) -> None:
         row = {_RENAMES.get(k, k): v for k, v in to_record(event).items()}
-        day = datetime.fromtimestamp(row.get("timestamp", row.get("onset_time")) / 1000, tz=timezone.utc)
+        day = utc_day(row.get("timestamp", row.get("onset_time")))
         row["kafka_partition"], row["kafka_offset"] = partition, offset
-        self.sinks[topic].add(topic, partition, offset, f"date={day:%Y-%m-%d}", row)
+        self.sinks[topic].add(topic, partition, offset, f"date={day}", row)
 
     def accepts(self, topic: str, partition: int, offset: int) -> bool:
         return self.sinks[topic].accepts(topic, partition, offset)
@@ -76,7 +75,7 @@ class SilverSink:
     def buffered_rows(self) -> int:
         return sum(s.buffered_rows for s in self.sinks.values())
 
-    def seal(self) -> list:
+    def seal_batches(self) -> list:
         return [sink.seal() for sink in self.sinks.values()]
 
     def forget(self, tps) -> None:

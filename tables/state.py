@@ -341,27 +341,31 @@ class FeatureEngine:
         # that holds written values by reference until it flushes sees this write's state.
         self.store.set(context_key(p.pid), dict(p.ctx))
 
-    def _late(self, p: _Patient, ts: int, pid: str, event_id: str) -> Optional[Rejection]:
+    def _admission(self, p: _Patient, ts: int, event_id: str, duplicate: bool, what: str) -> Optional[Rejection]:
+        """Dedup and lateness of one event (duplicate: its key is in state already).
+
+        Duplicates of the last 24 h go first: a record redelivered after a crash is a duplicate, even when the
+        patient's time has moved past the lateness since. Those rows are always held (the widest window), so
+        the decision does not depend on how much older state a worker happens to hold.
+        """
         t = p.t
+        if duplicate and t is not None and ts > t - DAY_MS:
+            return Rejection("duplicate", f"{what} already applied", p.pid, event_id)
         if t is not None and ts < t - self.lateness:
-            return Rejection("late_event", f"ts {ts} is {t - ts} ms behind latest {t} (> {self.lateness})", pid, event_id)
+            return Rejection("late_event", f"ts {ts} is {t - ts} ms behind latest {t} (> {self.lateness})",
+                             p.pid, event_id)
+        if duplicate:  # older than 24 h, within a lateness longer than that
+            return Rejection("duplicate", f"{what} already applied", p.pid, event_id)
         return None
 
     # -- handlers ---------------------------------------------------------------------
     def _vitals(self, ev: CleanVitals) -> Result:
         pid, ts = ev.patient_id, int(ev.ts_ms)
         p = self._get(pid)
-        # Duplicates first: a record redelivered after a crash is a duplicate, even when the patient's time has
-        # moved past the lateness since. Only the last 24 h count: those rows are always held (in the widest
-        # window), so the decision does not depend on how much older state a worker happens to hold.
-        if (p.win is not None and p.t is not None and p.t - DAY_MS < ts <= p.t
-                and p.win.is_duplicate(ts, ev.source)):
-            return Rejection("duplicate", f"vitals ({pid}, {ts}, {ev.source}) already applied", pid, ev.event_id)
-        rej = self._late(p, ts, pid, ev.event_id)
+        duplicate = p.win is not None and p.t is not None and ts <= p.t and p.win.is_duplicate(ts, ev.source)
+        rej = self._admission(p, ts, ev.event_id, duplicate, f"vitals ({pid}, {ts}, {ev.source})")
         if rej is not None:
             return rej
-        if p.win is not None and p.t is not None and ts <= p.t - DAY_MS and p.win.is_duplicate(ts, ev.source):
-            return Rejection("duplicate", f"vitals ({pid}, {ts}, {ev.source}) already applied", pid, ev.event_id)
         cons = ev.consciousness if ev.consciousness in _CONS_CODE else None
         o2 = None if ev.on_oxygen is None else bool(ev.on_oxygen)
         row: Row = (
@@ -399,15 +403,10 @@ class FeatureEngine:
                what: str) -> tuple[_Patient, Optional[Rejection]]:
         """Dedup and lateness for a context event (a lab or a dose), then advance the patient's time to ts."""
         p = self._get(pid)
-        # Duplicates before lateness, over the last 24 h only (as for vitals).
-        if (p.t is not None and ts > p.t - DAY_MS
-                and any(x[0] == ts and x[1] == code for x in p.ctx[history])):
-            return p, Rejection("duplicate", f"{what} ({pid}, {ts}, {code}) already applied", pid, event_id)
-        rej = self._late(p, ts, pid, event_id)
+        duplicate = any(x[0] == ts and x[1] == code for x in p.ctx[history])
+        rej = self._admission(p, ts, event_id, duplicate, f"{what} ({pid}, {ts}, {code})")
         if rej is not None:
             return p, rej
-        if any(x[0] == ts and x[1] == code for x in p.ctx[history]):  # older, within a lateness over 24 h
-            return p, Rejection("duplicate", f"{what} ({pid}, {ts}, {code}) already applied", pid, event_id)
         self._advance(p, ts)
         p.win.advance(ts)  # type: ignore[union-attr]
         return p, None

@@ -82,14 +82,15 @@ def _lake(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _replay(args: argparse.Namespace, settings: Settings) -> int:
-    from agents.replay import ReplayError, day_of, parse_time, plan_replay, run_replay
+    from agents.replay import ReplayError, parse_time, plan_replay, run_replay
+    from sinks.lake import utc_day
 
     patients = [p for chunk in (args.patients or []) for p in chunk.split(",") if p]
     try:
         plan = plan_replay(settings, parse_time(args.from_), parse_time(args.to), patients=patients or None)
         days = plan.days
         console.print(f"replaying {plan.total_records:,} records for {len(days)} day(s) {days[0]} .. {days[-1]} "
-                      f"(state warmed up from {day_of(plan.warmup_from_ms)}), "
+                      f"(state warmed up from {utc_day(plan.warmup_from_ms)}), "
                       f"target {args.target}, {args.workers} worker(s)")
         report = run_replay(settings, plan, target=args.target, workers=args.workers, progress=not args.quiet)
     except ReplayError as exc:
