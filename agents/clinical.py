@@ -14,17 +14,19 @@ import asyncio
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from faust.types import TP
 from prometheus_client import start_http_server
 
 from agents import metrics
 from agents.ordering import MERGE_RANK, TimestampMerge
-from agents.pipeline import Pipeline, RawRecord
+from agents.pipeline import DeadLetter, Pipeline, RawRecord
 from app import app, settings
 from sinks.lake import Lake
 from sinks.online import OnlineStore
 from streams import topics
+from streams.validation import Rejection, deadletter_record
 from tables.faust_tables import FaustTableStore
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,7 @@ class _LiveState:
         self.revoked = False  # set from the start of a rebalance until the next batch of the new assignment
         self.stale_generation: int | None = None  # the consumer generation the last rebalance ended
         self.pending_sends: list = []  # dead-letter sends of unacked records
+        self.online_writes: list[asyncio.Future] = []  # Redis writes of unacked records' vectors
 
     def reset(self) -> None:
         # Unacked work is redone from the committed offsets by whoever owns the partitions next.
@@ -63,6 +66,7 @@ class _LiveState:
         self.pipeline = build_pipeline(self.store)
         self.unacked.clear()
         self.pending_sends.clear()
+        self.online_writes.clear()  # still conditional writes of real vectors: harmless if they land later
         self.merge.clear()
         self.online_since = None
 
@@ -73,8 +77,13 @@ class _LiveState:
         return (time.monotonic() - self.online_since) * 1000 >= interval
 
     def flush_online(self) -> None:
-        self.pipeline.flush_online()
+        """Hand the coalesced vectors to the Redis writer thread: Redis time is then not the event loop's.
+        One thread, so writes land in order; `_complete` waits for them before acking their records."""
+        batch = self.pipeline.take_online()
         self.online_since = None
+        if batch is not None:
+            write = asyncio.get_running_loop().run_in_executor(_REDIS_WRITER, self.pipeline.write_online, batch)
+            self.online_writes.append(write)
 
     def flush_due(self) -> bool:
         if not self.unacked:
@@ -99,10 +108,11 @@ class _LiveState:
         generation = self.store.seal()
         events, self.unacked = self.unacked, []
         sends, self.pending_sends = self.pending_sends, []
+        online_writes, self.online_writes = self.online_writes, []
         self.last_flush = time.monotonic()
-        self.inflight = asyncio.create_task(self._complete(sealed, generation, events, sends))
+        self.inflight = asyncio.create_task(self._complete(sealed, generation, events, sends, online_writes))
 
-    async def _complete(self, sealed, generation, events, sends) -> None:  # noqa: ANN001
+    async def _complete(self, sealed, generation, events, sends, online_writes) -> None:  # noqa: ANN001
         try:
             for attempt in range(5):
                 try:
@@ -116,6 +126,7 @@ class _LiveState:
             self.store.apply(generation)
             await app.producer.flush()
             await asyncio.gather(*sends)  # a dead letter that failed to send must not be acked away
+            await asyncio.gather(*online_writes)  # nor a record whose vector did not reach Redis
             for event in events:
                 await self.stream.ack(event)
         except Exception:
@@ -139,6 +150,7 @@ def _highwater(tp: TP) -> int | None:
 
 
 _live: _LiveState | None = None
+_REDIS_WRITER = ThreadPoolExecutor(1, thread_name_prefix="redis")
 
 
 def build_pipeline(store: FaustTableStore) -> Pipeline:
@@ -219,15 +231,18 @@ async def _on_tick() -> None:
         _fatal("the flush timer failed")
 
 
-async def _dead_letter_on_error(msg, sends: list) -> None:  # noqa: ANN001
-    from streams.validation import Rejection, deadletter_record
-
+def _error_dead_letter(msg) -> DeadLetter:  # noqa: ANN001
     log.exception("processing failed at %s/%s/%s", msg.topic, msg.partition, msg.offset)
     value = deadletter_record(Rejection("processing_error", "unexpected error; see worker log"), topic=msg.topic,
                               partition=msg.partition, offset=msg.offset, key=msg.key, value=msg.value,
                               record_ts_ms=round(msg.timestamp * 1000))
     metrics.REJECTED.labels("processing_error").inc()
-    sends.append(await deadletter_topic.send(key=msg.key, value=value))
+    return DeadLetter(msg.key, value, "processing_error")
+
+
+async def _send_dead_letter(live: _LiveState, dead: DeadLetter) -> None:
+    live.pending_sends.append(await deadletter_topic.send(key=dead.key, value=dead.value))
+    metrics.EVENTS_OUT.labels("deadletter").inc()
 
 
 async def _process_released(live: _LiveState) -> None:
@@ -235,31 +250,27 @@ async def _process_released(live: _LiveState) -> None:
     released = live.merge.release(time.monotonic() * 1000, _caught_up)  # monotonic: immune to clock steps
     # Released records are owed an ack whatever happens next.
     live.unacked.extend(event for _, event in released)
-    sends: list = live.pending_sends
-    n_sends = len(sends)
     for rec, event in released:
-        await _process_one(live, rec, event, sends)
+        dead = _process_one(live, rec, event)
+        if dead is not None:
+            await _send_dead_letter(live, dead)
     _record_lag(event.message for _, event in released)
     if live.online_since is None and live.pipeline.online is not None and live.pipeline.online.buffered:
         live.online_since = time.monotonic()
     if live.online_due():
         live.flush_online()
-    if len(sends) > n_sends:
-        metrics.EVENTS_OUT.labels("deadletter").inc(len(sends) - n_sends)
 
 
-async def _process_one(live: _LiveState, rec: RawRecord, event, sends: list) -> None:  # noqa: ANN001
-    msg = event.message
+def _process_one(live: _LiveState, rec: RawRecord, event) -> DeadLetter | None:  # noqa: ANN001
+    """One record through the pipeline; the dead letter to send, if any. Synchronous: most records
+    produce nothing to await, and a coroutine per record is measurable at thousands per second."""
     live.store.bind(event)
     try:
-        dead = live.pipeline.process(rec)
+        return live.pipeline.process(rec)
     except OSError:  # the lake (or another dependency) failed: not the record's fault, so never dead-letter it
         raise
     except Exception:  # a bug must not stop the stream: dead-letter the record and go on
-        await _dead_letter_on_error(msg, sends)
-        return
-    if dead is not None:
-        sends.append(await deadletter_topic.send(key=dead.key, value=dead.value))
+        return _error_dead_letter(event.message)
 
 
 def _record_lag(messages) -> None:  # noqa: ANN001
@@ -317,7 +328,6 @@ async def _consume(live: _LiveState, stream) -> None:  # noqa: ANN001
             highwater = _highwater(last.tp)
             live.backlogged = highwater is not None and highwater - last.offset > settings.batch_max_events
             now_ms = time.monotonic() * 1000  # merge timing only (see TimestampMerge)
-            sends = live.pending_sends
             for event in events:
                 msg = event.message
                 rec = RawRecord(topics.logical_name(settings, msg.topic), msg.partition, msg.offset,
@@ -325,7 +335,9 @@ async def _consume(live: _LiveState, stream) -> None:  # noqa: ANN001
                 if rec.topic in MERGE_RANK:
                     live.merge.add(rec, event, now_ms)
                 else:  # adverse events (and anything unexpected) need no ordering
-                    await _process_one(live, rec, event, sends)
+                    dead = _process_one(live, rec, event)
+                    if dead is not None:
+                        await _send_dead_letter(live, dead)
                     live.unacked.append(event)
                     _record_lag([msg])
             await _process_released(live)

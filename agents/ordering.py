@@ -51,7 +51,9 @@ class TimestampMerge:
         self._blocked_since: dict[int, float] = {}
 
     def add(self, rec: RawRecord, handle: Any, received_ms: float) -> None:
-        fifos = self._fifos.setdefault(rec.partition, {t: deque() for t in MERGE_RANK})
+        fifos = self._fifos.get(rec.partition)
+        if fifos is None:
+            fifos = self._fifos[rec.partition] = {t: deque() for t in MERGE_RANK}
         fifos[rec.topic].append((rec, handle, received_ms))
         self.last_offset[(rec.topic, rec.partition)] = rec.offset
 
@@ -62,23 +64,47 @@ class TimestampMerge:
     def release(self, now_ms: float, caught_up: Callable[[str, int], bool]) -> list[tuple[RawRecord, Any]]:
         """Every record that may go now, in merge order. caught_up(topic, partition): nothing more to fetch."""
         out: list[tuple[RawRecord, Any]] = []
+        known: dict[tuple[str, int], bool] = {}
+
+        def all_caught_up(empty: list[str], partition: int) -> bool:
+            # An empty topic stays empty during one release: ask the consumer once per topic-partition.
+            for t in empty:
+                done = known.get((t, partition))
+                if done is None:
+                    done = known[(t, partition)] = caught_up(t, partition)
+                if not done:
+                    return False
+            return True
+
         for partition, fifos in self._fifos.items():
             while True:
-                heads = [q[0] for q in fifos.values() if q]
-                if not heads:
+                filled = [q for q in fifos.values() if q]
+                if not filled:
                     self._blocked_since.pop(partition, None)
                     break
-                rec, handle, received = min(heads, key=lambda h: _key(h[0]))
                 empty = [t for t, q in fifos.items() if not q]
-                if empty and not all(caught_up(t, partition) for t in empty):
+                if empty and not all_caught_up(empty, partition):
                     # Waiting on a lagging topic. The clock runs until it delivers or catches up, not per
                     # record: once past max idle, the partition flows instead of one record per max idle.
                     if now_ms - self._blocked_since.setdefault(partition, now_ms) < self.max_idle_ms:
                         break
+                    waited = True
                 else:
                     self._blocked_since.pop(partition, None)
-                    if empty and now_ms - received < self.grace_ms:
+                    waited = False
+                if len(filled) == 1:
+                    # One topic holds records (the common case): its FIFO goes in order, the same decision
+                    # for each record as below, without re-deciding per record.
+                    q = filled[0]
+                    while q and (waited or not empty or now_ms - q[0][2] >= self.grace_ms):
+                        rec, handle, _ = q.popleft()
+                        out.append((rec, handle))
+                    if q:
                         break
+                    continue
+                rec, handle, received = min((q[0] for q in filled), key=lambda h: _key(h[0]))
+                if not waited and empty and now_ms - received < self.grace_ms:
+                    break
                 fifos[rec.topic].popleft()
                 out.append((rec, handle))
         return out

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from agents import metrics
 from sinks.bronze import BronzeSink
 from sinks.lake import Lake
 from sinks.offline import OfflineFeatureSink
-from sinks.online import OnlineStore
+from sinks.online import OnlineStore, Pending
 from sinks.partitioned import SealedBatch, write_batches
 from sinks.silver import SilverSink
 from streams.events import CleanAdverseEvent
@@ -37,6 +38,12 @@ class DeadLetter:
     reason: str
 
 
+@dataclass(slots=True)
+class OnlineBatch:
+    vectors: Pending  # the newest vector per patient
+    arrivals: list[int]  # Kafka timestamps of the records behind them (for the latency histogram)
+
+
 @dataclass
 class FlushReport:
     rows: dict[str, int] = field(default_factory=dict)
@@ -55,12 +62,16 @@ class Pipeline:
         self.silver = SilverSink(lake) if silver else None
         self.offline = OfflineFeatureSink(lake) if offline is True else (offline or None)
         self.online = online
+        self._events_in: dict[str, Any] = {}
         self._arrivals: list[int] = []  # Kafka timestamps of records whose vector awaits the Redis write
 
     def process(self, rec: RawRecord) -> DeadLetter | None:
         """Handle one record; returns the dead letter to produce, if it was rejected."""
         t, p, o = rec.topic, rec.partition, rec.offset
-        metrics.EVENTS_IN.labels(t).inc()
+        counter = self._events_in.get(t)
+        if counter is None:  # labels() takes a lock and builds a key: look each topic's child up once
+            counter = self._events_in[t] = metrics.EVENTS_IN.labels(t)
+        counter.inc()
         if self.bronze is not None:
             if self.bronze.accepts(t, p, o):
                 self.bronze.add_record(t, p, o, rec.timestamp_ms, rec.key, rec.value)
@@ -120,21 +131,32 @@ class Pipeline:
     def lake_rows_buffered(self) -> int:
         return sum(s.buffered_rows for s in (self.bronze, self.silver, self.offline) if s is not None)
 
-    def flush_online(self) -> int:
-        """Write the coalesced latest vectors to Redis (cheap: run it every micro-batch)."""
+    def take_online(self) -> OnlineBatch | None:
+        """Take the coalesced latest vectors out, to `write_online` (cheap: run it every micro-batch)."""
         if self.online is None or not self.online.buffered:
+            return None
+        batch = OnlineBatch(self.online.take(), self._arrivals)
+        self._arrivals = []
+        return batch
+
+    def write_online(self, batch: OnlineBatch | None) -> int:
+        """Write taken vectors to Redis. Safe off the event loop (Redis time is then not the loop's)."""
+        if batch is None or self.online is None:
             return 0
         t0 = time.perf_counter()
-        n = self.online.buffered
-        self.online.flush()
+        n = len(batch.vectors)
+        self.online.write(batch.vectors)
         now_ms = time.time() * 1000
-        for arrived in self._arrivals:
+        for arrived in batch.arrivals:
             metrics.UPDATE_LATENCY.observe(max(now_ms - arrived, 0) / 1000)
-        self._arrivals.clear()
         metrics.FLUSH_ROWS.labels("redis").observe(n)
         metrics.FLUSH_SECONDS.labels("redis").observe(time.perf_counter() - t0)
         metrics.EVENTS_OUT.labels("redis").inc(n)
         return n
+
+    def flush_online(self) -> int:
+        """Write the coalesced latest vectors to Redis now."""
+        return self.write_online(self.take_online())
 
     def seal_lake(self) -> list[tuple[str, list[SealedBatch]]]:
         """Take the buffered bronze, silver and offline rows out, to write with `write_lake`."""

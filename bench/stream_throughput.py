@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import platform
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from streams import topics  # noqa: E402
 from streams.timestamps import iso_ms  # noqa: E402
 from streams.topics import ensure_topics  # noqa: E402
-from tests.harness import WorkerProcess, isolated_settings  # noqa: E402
+from tests.harness import WorkerProcess, isolated_settings, scrape_metrics  # noqa: E402
 from vitalstream.settings import Settings  # noqa: E402
 
 
@@ -104,16 +104,6 @@ async def raw_consume_rate(settings: Settings, n: int) -> float:
         await consumer.stop()
 
 
-def scrape(settings: Settings) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://{settings.host}:{settings.metrics_port}/metrics", timeout=5).read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
-
-
 def quantile_from_histogram(metrics: dict[str, float], base: str, q: float) -> float:
     buckets = sorted((float(k.split('le="')[1].split('"')[0]), v) for k, v in metrics.items()
                      if k.startswith(base + "_bucket") and 'le="+Inf"' not in k)
@@ -126,6 +116,12 @@ def quantile_from_histogram(metrics: dict[str, float], base: str, q: float) -> f
             return prev_le + (le - prev_le) * (target - prev_count) / max(count - prev_count, 1e-9)
         prev_le, prev_count = le, count
     return float("inf")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> int:
@@ -164,34 +160,37 @@ def main() -> int:
         t_first = t_last = None
         deadline = time.monotonic() + 1800
         while time.monotonic() < deadline:
-            m = scrape(settings)
+            m = scrape_metrics(settings)
             n = m.get(key, 0)
             now = time.perf_counter()
             if n > 0 and t_first is None:
-                t_first, n_first = now, n
+                t_first, n_first, cpu_first = now, n, cpu_seconds(worker.proc.pid)
             if n >= args.events:
-                t_last = now
+                t_last, cpu_last = now, cpu_seconds(worker.proc.pid)
                 break
             time.sleep(0.2)
         if t_last is None:
             print("worker did not finish the backlog in time")
             return 1
         rate = (args.events - n_first) / (t_last - t_first)
-        print(f"worker, every sink on (backlog):       {rate:>10,.0f} events/s   ({rate / raw:.0%} of the ceiling)")
+        print(f"worker, every sink on (backlog):       {rate:>10,.0f} events/s   ({rate / raw:.1%} of the ceiling)")
+        cpu_us = (cpu_last - cpu_first) / (args.events - n_first) * 1e6
+        print(f"worker CPU (all its threads):          {cpu_us:>10,.0f} us/event   "
+              f"({(cpu_last - cpu_first) / (t_last - t_first):.2f} cores busy)")
 
         # Let the backlog's last coalesced Redis write land, so it is not counted as live latency.
         count_key = "vitalstream_feature_update_latency_seconds_count"
         last, stable_since = -1.0, time.monotonic()
         while time.monotonic() - stable_since < 3 * settings.online_flush_backlog_ms / 1000:
-            now_count = scrape(settings).get(count_key, 0.0)
+            now_count = scrape_metrics(settings).get(count_key, 0.0)
             if now_count != last:
                 last, stable_since = now_count, time.monotonic()
             time.sleep(0.5)
-        before = scrape(settings)
+        before = scrape_metrics(settings)
         live = vitals_payloads(int(args.rate * args.seconds), args.patients, int(time.time() * 1000), seed=2)
         asyncio.run(produce_all(settings, live, rate=args.rate))
         time.sleep(2)  # the last records' latency is observed after their Redis write
-        after = scrape(settings)
+        after = scrape_metrics(settings)
         base_name = "vitalstream_feature_update_latency_seconds"
         diff = {k: after[k] - before.get(k, 0.0) for k in after if k.startswith(base_name)}
         p50, p99 = (quantile_from_histogram(diff, base_name, q) * 1000 for q in (0.5, 0.99))

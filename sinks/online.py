@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 import numpy as np
-import orjson
 import redis
 
 from streams.timestamps import iso_ms
@@ -21,40 +20,64 @@ from tables.features.registry import FEATURE_NAMES, FEATURE_VERSION
 TTL_SECONDS = 48 * 3600
 
 # KEYS[1] = hash key; ARGV = updated_at_ms, ttl seconds, updated_at, event_id, feature_version, and the
-# values as a JSON array body ("1.5,null,..."), in registry order. The feature names live in the script (its SHA follows the
-# registry), so a write sends 6 arguments instead of ~380: packing those in redis-py was the sink's cost.
+# features as one MessagePack stream of name/float64 pairs. cmsgpack (built into Redis) unpacks it in C
+# straight into HSET's arguments, and Redis writes each float as %.17g text, which reads back to the same
+# float64 (NaN as "nan"). Sending ~380 separate arguments instead cost ~130 us per vector in redis-py's
+# packing, and parsing text in Lua ~115 us in the server.
 _WRITE_IF_NEWER = """
 local current = redis.call('HGET', KEYS[1], 'updated_at_ms')
 if current and tonumber(current) > tonumber(ARGV[1]) then
   return 0
 end
-local names = {%s}
-local args = {'updated_at_ms', ARGV[1], 'updated_at', ARGV[3], 'event_id', ARGV[4], 'feature_version', ARGV[5]}
-local i = 0
-for v in string.gmatch(ARGV[6], '[^,]+') do
-  i = i + 1
-  args[#args + 1] = names[i]
-  if v == 'null' then v = 'nan' end  -- an undefined feature
-  args[#args + 1] = v
-end
-if i ~= #names then
-  return redis.error_reply('expected ' .. #names .. ' feature values, got ' .. i)
-end
-redis.call('HSET', KEYS[1], unpack(args))
+redis.call('HSET', KEYS[1], 'updated_at_ms', ARGV[1], 'updated_at', ARGV[3], 'event_id', ARGV[4],
+           'feature_version', ARGV[5], cmsgpack.unpack(ARGV[6]))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
-""" % ",".join(f"'{name}'" for name in FEATURE_NAMES)
+"""
+
+
+def _msgpack_str(text: str) -> bytes:
+    data = text.encode()
+    if len(data) > 255:
+        raise ValueError(f"feature name too long for the online store: {text!r}")
+    return (bytes([0xA0 | len(data)]) if len(data) < 32 else bytes([0xD9, len(data)])) + data
+
+
+def _pairs_template() -> tuple[np.ndarray, np.ndarray]:
+    """The MessagePack stream of (name, float64) pairs with zeroed values, and the byte positions of
+    the values (8 per feature, big-endian): a vector is packed by one NumPy scatter, not per value."""
+    parts, offsets, position = [], [], 0
+    for name in FEATURE_NAMES:
+        head = _msgpack_str(name) + b"\xcb"  # 0xcb: float 64
+        parts.append(head + bytes(8))
+        offsets.append(position + len(head))
+        position += len(head) + 8
+    template = np.frombuffer(b"".join(parts), dtype=np.uint8)
+    return template, (np.asarray(offsets)[:, None] + np.arange(8)).ravel()
+
+
+_TEMPLATE, _VALUE_BYTES = _pairs_template()
+
+
+def pack_features(values: Sequence[float]) -> bytes:
+    """The vector as the script's MessagePack argument (~7 us for 186 features)."""
+    buf = _TEMPLATE.copy()
+    buf[_VALUE_BYTES] = np.asarray(values, dtype=">f8").view(np.uint8)
+    return buf.tobytes()
 
 
 def features_key(patient_id: str) -> str:
     return f"patient:{patient_id}:features"
 
 
+Pending = dict[str, tuple[int, str, Sequence[float]]]  # patient_id -> (ts_ms, event_id, values)
+
+
 class _Coalescing:
     """Keeps only the newest vector per patient until flush (ties: the later one wins)."""
 
     def __init__(self) -> None:
-        self._pending: dict[str, tuple[int, str, Sequence[float]]] = {}
+        self._pending: Pending = {}
 
     def add(self, patient_id: str, ts_ms: int, event_id: str, values: Sequence[float]) -> None:
         current = self._pending.get(patient_id)
@@ -65,6 +88,18 @@ class _Coalescing:
     def buffered(self) -> int:
         return len(self._pending)
 
+    def take(self) -> Pending:
+        """Take the buffered vectors out, to `write` later (possibly in another thread)."""
+        pending, self._pending = self._pending, {}
+        return pending
+
+    def write(self, pending: Pending) -> int:
+        raise NotImplementedError
+
+    def flush(self) -> int:
+        """Write the buffered vectors now; returns how many were newer and written."""
+        return self.write(self.take()) if self._pending else 0
+
 
 class MemoryOnlineStore(_Coalescing):
     """The online store's semantics in a dict: for replay dry runs and test oracles."""
@@ -73,14 +108,13 @@ class MemoryOnlineStore(_Coalescing):
         super().__init__()
         self.vectors: dict[str, tuple[int, str, np.ndarray]] = {}
 
-    def flush(self) -> int:
+    def write(self, pending: Pending) -> int:
         written = 0
-        for patient_id, (ts_ms, event_id, values) in self._pending.items():
+        for patient_id, (ts_ms, event_id, values) in pending.items():
             current = self.vectors.get(patient_id)
             if current is None or ts_ms >= current[0]:
                 self.vectors[patient_id] = (ts_ms, event_id, np.asarray(values, dtype=np.float64))
                 written += 1
-        self._pending.clear()
         return written
 
 
@@ -95,24 +129,15 @@ class OnlineStore(_Coalescing):
     def from_url(cls, url: str) -> "OnlineStore":
         return cls(redis.Redis.from_url(url))
 
-    def flush(self) -> int:
-        """Write the buffered vectors in one pipeline; returns how many were newer and written."""
-        if not self._pending:
+    def write(self, pending: Pending) -> int:
+        """Write vectors in one pipeline; returns how many were newer and written. Thread-safe."""
+        if not pending:
             return 0
         pipe = self.client.pipeline(transaction=False)
-        for patient_id, (ts_ms, event_id, values) in self._pending.items():
-            # orjson writes the shortest text that round-trips each float64 exactly (NaN -> null -> "nan"),
-            # ~50x faster than repr per value.
-            vector = np.asarray(values, dtype=np.float64)
-            if np.isinf(vector).any():  # JSON has no infinity: spell every value out (never seen in practice)
-                joined = ",".join("null" if v != v else repr(v) for v in vector.tolist()).encode()
-            else:
-                joined = orjson.dumps(vector, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1]
-            args = [ts_ms, self.ttl_seconds, iso_ms(ts_ms), event_id, FEATURE_VERSION, joined]
+        for patient_id, (ts_ms, event_id, values) in pending.items():
+            args = [ts_ms, self.ttl_seconds, iso_ms(ts_ms), event_id, FEATURE_VERSION, pack_features(values)]
             self._script(keys=[features_key(patient_id)], args=args, client=pipe)
-        written = sum(int(r) for r in pipe.execute())
-        self._pending.clear()
-        return written
+        return sum(int(r) for r in pipe.execute())
 
 
 def read_features(client: redis.Redis, patient_id: str,

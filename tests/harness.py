@@ -198,3 +198,17 @@ def count_offline(lake: Lake) -> int:
         return read_offline(lake).num_rows
     except Exception:  # the store is being written: not ready yet
         return 0
+
+
+def scrape_metrics(settings: Settings) -> dict[str, float]:
+    """A worker's Prometheus metrics: 'name{labels}' -> value."""
+    import urllib.request
+
+    url = f"http://{settings.host}:{settings.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out

@@ -12,7 +12,7 @@ import redis
 from sinks.lake import Lake
 from sinks.online import read_features
 from streams import topics
-from tests.harness import WorkerProcess, isolated_settings, produce, wait_for
+from tests.harness import WorkerProcess, isolated_settings, produce, scrape_metrics, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -60,6 +60,10 @@ def corpus() -> tuple[list[tuple[str, bytes, bytes, int]], dict[str, int]]:
     reject("invalid_value", {"event_id": str(uuid.uuid4()), "patient_id": "PT00002",
                              "timestamp": NOW.isoformat(), "test": "unobtainium", "value": 1, "unit": "U/L"},
            topic=topics.LABS)
+    # Adverse events skip the merge (they are labels): their dead letters are counted too.
+    reject("wrong_type", {"event_id": str(uuid.uuid4()), "patient_id": "PT00002", "onset_time": NOW.isoformat(),
+                          "reported_time": NOW.isoformat(), "type": "sepsis", "severity": "high", "serious": True},
+           topic=topics.ADVERSE_EVENTS)
     # Two hours behind PT00001's latest event: beyond the 1 h allowed lateness.
     reject("late_event", vitals("PT00001", 180), key=b"PT00001", minutes_ago=0)
     # Unknown extra fields are not an error.
@@ -132,6 +136,17 @@ def test_bad_records_are_dead_lettered_and_good_ones_flow(stack, unique, tmp_pat
 
         archived = {original_value(orjson.loads(line)) for o in lake.list("raw/") for line in lake.get(o.path).splitlines()}
         assert {v for _, _, v, _ in items} <= archived
+        # The worker's metrics count every dead letter, by reason and as records out.
+        def deadletter_metrics() -> tuple[float, dict[str, float]]:
+            m = scrape_metrics(settings)
+            by_reason = {k.split('reason="')[1].split('"')[0]: v for k, v in m.items()
+                         if k.startswith("vitalstream_rejected_total{")}
+            return m.get('vitalstream_events_out_total{sink="deadletter"}', 0.0), by_reason
+
+        wait_for(lambda: deadletter_metrics()[0] >= len(dead), 30, "the dead-letter metrics")
+        out, by_reason = deadletter_metrics()
+        assert out == len(dead)
+        assert {r: int(n) for r, n in by_reason.items() if n} == expected
         assert worker.proc.poll() is None, "the worker died"
     finally:
         worker.stop()
