@@ -59,14 +59,22 @@ class _LiveState:
         self.stale_generation: int | None = None  # the consumer generation the last rebalance ended
         self.pending_sends: list = []  # dead-letter sends of unacked records
         self.online_writes: list[asyncio.Future] = []  # Redis writes of unacked records' vectors
+        # After an assignment: the offset each partition must resume at (None once checked); see _from_committed.
+        self.resume: dict[TP, int | None] = {}
+        self.reseeked: dict[TP, float] = {}  # when each partition was last sought back
 
     def reset(self) -> None:
         # Unacked work is redone from the committed offsets by whoever owns the partitions next.
+        if self.unacked:
+            log.info("rebalance: %d unacked records left to redo from the committed offsets (%s)", len(self.unacked),
+                     _ranges(e.message for e in self.unacked))
         self.store.discard()
         self.pipeline = build_pipeline(self.store)
         self.unacked.clear()
         self.pending_sends.clear()
         self.online_writes.clear()  # still conditional writes of real vectors: harmless if they land later
+        self.resume = {}
+        self.reseeked = {}
         self.merge.clear()
         self.online_since = None
 
@@ -132,6 +140,64 @@ class _LiveState:
         except Exception:
             _fatal("completing a batch failed")
         self.inflight = None
+
+
+def _ranges(messages) -> str:  # noqa: ANN001
+    """'topic/partition:first-last ...' of some records, for logs."""
+    spans: dict = {}
+    for m in messages:
+        lo, hi = spans.get((m.topic, m.partition), (m.offset, m.offset))
+        spans[(m.topic, m.partition)] = (min(lo, m.offset), max(hi, m.offset))
+    return " ".join(f"{t}/{p}:{lo}-{hi}" for (t, p), (lo, hi) in sorted(spans.items()))
+
+
+_UNCHECKED = object()
+_RESEEK_INTERVAL_S = 5.0
+
+
+async def _from_committed(live: _LiveState, events: list) -> list:
+    """Hold each partition, after an assignment, to resume exactly at its committed offset.
+
+    A worker that owned a partition, lost it in a rebalance and got it back after the new owner died was
+    seen (about one failover in ten) to resume where its own earlier fetches had stopped, not at the
+    committed offset: the records in between, dropped unacked at the revocation, were never delivered
+    again, and later commits moved past them. So until a partition's first record is the one at its
+    committed offset (or the log start, if retention deleted that), later records are dropped unacked and
+    the partition is sought back; earlier ones (redeliveries of an older generation) are dropped too.
+    """
+    kept = []
+    for event in events:
+        msg = event.message
+        tp = msg.tp
+        need = live.resume.get(tp, _UNCHECKED)
+        if need is _UNCHECKED:
+            need = live.resume[tp] = await _resume_offset(tp)
+        if need is None:
+            kept.append(event)
+        elif msg.offset == need:
+            live.resume[tp] = None  # from here on the partition's records follow in order
+            kept.append(event)
+        elif msg.offset > need:  # (earlier ones are redeliveries of an older generation: dropped)
+            now = time.monotonic()
+            if now - live.reseeked.get(tp, -_RESEEK_INTERVAL_S) >= _RESEEK_INTERVAL_S:
+                log.warning("%s/%s resumed at offset %d, after its committed offset %d: seeking back", msg.topic,
+                            msg.partition, msg.offset, need)
+                metrics.RESUME_SEEKS.inc()
+                live.reseeked[tp] = now
+                await app.consumer.seek(tp, need)
+    return kept
+
+
+async def _resume_offset(tp: TP) -> int | None:
+    """Where tp must resume: its committed offset, or the log start if that is later; None: no check
+    (nothing committed, or a compacted topic, whose logs have holes)."""
+    if topics.logical_name(settings, tp.topic) == topics.PATIENTS:
+        return None
+    committed = app.consumer._committed_offset.get(tp)  # set at assignment by Faust's seek to committed offsets
+    if not committed:
+        return None
+    earliest = (await app.consumer.earliest_offsets(tp)).get(tp)
+    return max(committed, earliest or 0)
 
 
 def _fatal(what: str) -> None:
@@ -317,6 +383,7 @@ async def _consume(live: _LiveState, stream) -> None:  # noqa: ANN001
     async for events in stream.noack_take(settings.batch_max_events, within=settings.batch_max_seconds):
         async with live.lock:
             current = [event for event in events if _current(live, event.message)]
+            current = await _from_committed(live, current)
             if len(current) < len(events):
                 metrics.STALE_DROPPED.inc(len(events) - len(current))
             events = current

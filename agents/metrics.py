@@ -15,6 +15,8 @@ REDELIVERED = Counter("vitalstream_redelivered_total", "Records a sink already h
                       ["sink"])
 STALE_DROPPED = Counter("vitalstream_stale_generation_dropped_total",
                         "Records fetched before a rebalance, dropped unacked (redelivered from the committed offset)")
+RESUME_SEEKS = Counter("vitalstream_resume_seeks_total",
+                       "Partitions sought back to their committed offset after resuming past it")
 UPDATE_LATENCY = Histogram(
     "vitalstream_feature_update_latency_seconds",
     "From a record's arrival in Kafka to its feature vector's Redis write",

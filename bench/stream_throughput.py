@@ -1,12 +1,16 @@
-"""Stream worker benchmark, on the running local stack (`vitalstream stack up`), in one run:
+"""Stream worker benchmark, on the running local stack (`vitalstream stack up`), in one run.
+
+For each worker count (default 1 and 2, each on fresh topics):
 
 1. the raw aiokafka consume rate of the vitals topic (the ceiling);
-2. sustained events/s through one `faust -A app worker` with every sink on (bronze, silver, features in
-   RocksDB tables, Redis, offline Parquet), over a backlog of N vitals events;
-3. p50/p99 arrival-to-Redis latency at a fixed offered rate (default 2,000 events/s), from the worker's
-   `vitalstream_feature_update_latency_seconds` histogram.
+2. sustained events/s through `faust -A app worker` processes with every sink on (bronze, silver, features
+   in RocksDB tables, Redis, offline Parquet) over a backlog of N vitals events, and the workers' CPU time
+   per event;
+3. p50/p99 arrival-to-Redis latency at fixed offered rates (default 500, 1,000 and 2,000 events/s), from
+   the workers' `vitalstream_feature_update_latency_seconds` histograms.
 
-    python bench/stream_throughput.py [--events 200000] [--patients 1000] [--rate 2000] [--seconds 30]
+    python bench/stream_throughput.py [--events 100000] [--patients 1000] [--rates 500,1000,2000]
+                                      [--seconds 20] [--workers 1,2] [--lake s3|file]
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from streams import topics  # noqa: E402
 from streams.timestamps import iso_ms  # noqa: E402
 from streams.topics import ensure_topics  # noqa: E402
-from tests.harness import WorkerProcess, isolated_settings, scrape_metrics  # noqa: E402
+from tests.harness import WorkerProcess, another_worker, isolated_settings, scrape_metrics  # noqa: E402
 from vitalstream.settings import Settings  # noqa: E402
 
 
@@ -124,80 +128,122 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def drain_backlog(settings: Settings, workers: list[WorkerProcess], events: int) -> tuple[float, float, float]:
+    """Wait until the workers consumed `events`; (events/s, worker CPU us/event, cores busy) from the first
+    record on, so start-up is not counted."""
+    key = f'vitalstream_events_in_total{{topic="{topics.VITALS}"}}'
+
+    def consumed() -> float:
+        return sum(scrape_metrics(w.settings).get(key, 0.0) for w in workers)
+
+    def cpu() -> float:
+        return sum(cpu_seconds(w.proc.pid) for w in workers)
+
+    t_first = None
+    deadline = time.monotonic() + 1800
+    while time.monotonic() < deadline:
+        n, now = consumed(), time.perf_counter()
+        if n > 0 and t_first is None:
+            t_first, n_first, cpu_first = now, n, cpu()
+        if n >= events:
+            seconds, cpu_used = now - t_first, cpu() - cpu_first
+            return (events - n_first) / seconds, cpu_used / (events - n_first) * 1e6, cpu_used / seconds
+        time.sleep(0.2)
+    raise TimeoutError("the workers did not finish the backlog in time")
+
+
+def wait_redis_quiet(settings: Settings, workers: list[WorkerProcess]) -> None:
+    """Let the backlog's last coalesced Redis writes land, so they are not counted as live latency."""
+    count_key = "vitalstream_feature_update_latency_seconds_count"
+    last, stable_since = -1.0, time.monotonic()
+    while time.monotonic() - stable_since < 3 * settings.online_flush_backlog_ms / 1000:
+        now_count = sum(scrape_metrics(w.settings).get(count_key, 0.0) for w in workers)
+        if now_count != last:
+            last, stable_since = now_count, time.monotonic()
+        time.sleep(0.5)
+
+
+def live_latency(settings: Settings, workers: list[WorkerProcess], rate: float, seconds: float,
+                 patients: int) -> tuple[float, float, int]:
+    """p50 and p99 arrival-to-Redis latency (ms) at a fixed offered rate, from the workers' histograms."""
+    base_name = "vitalstream_feature_update_latency_seconds"
+
+    def histogram() -> dict[str, float]:
+        total: dict[str, float] = {}
+        for w in workers:
+            for k, v in scrape_metrics(w.settings).items():
+                if k.startswith(base_name):
+                    total[k] = total.get(k, 0.0) + v
+        return total
+
+    before = histogram()
+    live = vitals_payloads(int(rate * seconds), patients, int(time.time() * 1000), seed=int(rate))
+    asyncio.run(produce_all(settings, live, rate=rate))
+    count = base_name + "_count"
+    wait_until = time.monotonic() + 60  # every produced event's latency observed (after its Redis write)
+    while histogram().get(count, 0.0) - before.get(count, 0.0) < len(live) and time.monotonic() < wait_until:
+        time.sleep(0.2)
+    after = histogram()
+    diff = {k: after[k] - before.get(k, 0.0) for k in after}
+    p50, p99 = (quantile_from_histogram(diff, base_name, q) * 1000 for q in (0.5, 0.99))
+    return p50, p99, int(diff.get(count, 0))
+
+
+def measure(base: Settings, tmp: Path, args: argparse.Namespace, n_workers: int) -> None:
+    """One configuration on fresh topics: ceiling, backlog rate, CPU, then latency at each offered rate."""
+    unique = uuid.uuid4().hex[:8]
+    settings = isolated_settings(base, unique, tmp / unique, partitions=args.partitions)
+    if args.lake == "file":
+        settings = settings.model_copy(update={"lake_uri": f"file://{tmp}/{unique}/lake"})
+    ensure_topics(settings)
+    start_ms = int(time.time() * 1000) - (args.events // args.patients + 1) * 60_000
+    payloads = vitals_payloads(args.events, args.patients, start_ms)
+    secs = asyncio.run(produce_all(settings, payloads))
+    raw = asyncio.run(raw_consume_rate(settings, args.events))
+    print(f"\n## {n_workers} worker{'s' if n_workers > 1 else ''}")
+    print(f"produce (aiokafka, acks=1):            {args.events / secs:>10,.0f} events/s")
+    print(f"raw aiokafka consume + json parse:     {raw:>10,.0f} events/s   (ceiling)")
+    workers = []
+    try:
+        for i in range(n_workers):
+            s = settings if i == 0 else another_worker(settings, tmp / unique / f"worker-data-{i}")
+            workers.append(WorkerProcess(s, tmp / unique / f"worker{i}.log").start())
+        for w in workers:
+            w.wait_ready(120)
+        rate, cpu_us, cores = drain_backlog(settings, workers, args.events)
+        print(f"workers, every sink on (backlog):      {rate:>10,.0f} events/s   ({rate / raw:.1%} of the ceiling)")
+        print(f"worker CPU (all processes, threads):   {cpu_us:>10,.0f} us/event   ({cores:.2f} cores busy)")
+        wait_redis_quiet(settings, workers)
+        for offered in args.rates:
+            p50, p99, n = live_latency(settings, workers, offered, args.seconds, args.patients)
+            print(f"arrival->Redis latency at {offered:>5,.0f}/s:  p50 {p50:7.1f} ms   p99 {p99:7.1f} ms   ({n:,} events)")
+    finally:
+        for w in workers:
+            w.stop()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--patients", type=int, default=1_000)
-    ap.add_argument("--rate", type=float, default=2_000.0)
-    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--rates", type=lambda text: [float(x) for x in text.split(",")], default=[500.0, 1000.0, 2000.0],
+                    help="offered rates for the latency runs, comma-separated")
+    ap.add_argument("--seconds", type=float, default=20.0, help="length of each latency run")
+    ap.add_argument("--workers", type=lambda text: [int(x) for x in text.split(",")], default=[1, 2],
+                    help="worker counts to compare, comma-separated (each on fresh topics)")
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--lake", choices=["s3", "file"], default="s3", help="the stack's S3 server or a local folder")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="vs-bench-"))
     base = Settings()
-    unique = uuid.uuid4().hex[:8]
-    settings = isolated_settings(base, unique, tmp, partitions=args.partitions)
-    if args.lake == "file":
-        settings = settings.model_copy(update={"lake_uri": f"file://{tmp}/lake"})
-    ensure_topics(settings)
-    print(f"# stream_throughput {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
-          f"{platform.processor() or platform.machine()}, python {platform.python_version()}")
+    load = os.getloadavg()[0]
+    print(f"# stream_throughput {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} "
+          f"cores, python {platform.python_version()}, load {load:.1f}")
     print(f"backlog: {args.events:,} vitals events, {args.patients:,} patients, {args.partitions} partitions, "
-          f"lake {settings.lake_uri.split(':')[0]}")
-
-    start_ms = int(time.time() * 1000) - (args.events // args.patients + 1) * 60_000
-    payloads = vitals_payloads(args.events, args.patients, start_ms)
-    secs = asyncio.run(produce_all(settings, payloads))
-    print(f"produce (aiokafka, acks=1):            {args.events / secs:>10,.0f} events/s")
-    raw = asyncio.run(raw_consume_rate(settings, args.events))
-    print(f"raw aiokafka consume + json parse:     {raw:>10,.0f} events/s   (ceiling)")
-
-    worker = WorkerProcess(settings, tmp / "worker.log").start()
-    try:
-        worker.wait_ready(120)
-        key = f'vitalstream_events_in_total{{topic="{topics.VITALS}"}}'
-        t_first = t_last = None
-        deadline = time.monotonic() + 1800
-        while time.monotonic() < deadline:
-            m = scrape_metrics(settings)
-            n = m.get(key, 0)
-            now = time.perf_counter()
-            if n > 0 and t_first is None:
-                t_first, n_first, cpu_first = now, n, cpu_seconds(worker.proc.pid)
-            if n >= args.events:
-                t_last, cpu_last = now, cpu_seconds(worker.proc.pid)
-                break
-            time.sleep(0.2)
-        if t_last is None:
-            print("worker did not finish the backlog in time")
-            return 1
-        rate = (args.events - n_first) / (t_last - t_first)
-        print(f"worker, every sink on (backlog):       {rate:>10,.0f} events/s   ({rate / raw:.1%} of the ceiling)")
-        cpu_us = (cpu_last - cpu_first) / (args.events - n_first) * 1e6
-        print(f"worker CPU (all its threads):          {cpu_us:>10,.0f} us/event   "
-              f"({(cpu_last - cpu_first) / (t_last - t_first):.2f} cores busy)")
-
-        # Let the backlog's last coalesced Redis write land, so it is not counted as live latency.
-        count_key = "vitalstream_feature_update_latency_seconds_count"
-        last, stable_since = -1.0, time.monotonic()
-        while time.monotonic() - stable_since < 3 * settings.online_flush_backlog_ms / 1000:
-            now_count = scrape_metrics(settings).get(count_key, 0.0)
-            if now_count != last:
-                last, stable_since = now_count, time.monotonic()
-            time.sleep(0.5)
-        before = scrape_metrics(settings)
-        live = vitals_payloads(int(args.rate * args.seconds), args.patients, int(time.time() * 1000), seed=2)
-        asyncio.run(produce_all(settings, live, rate=args.rate))
-        time.sleep(2)  # the last records' latency is observed after their Redis write
-        after = scrape_metrics(settings)
-        base_name = "vitalstream_feature_update_latency_seconds"
-        diff = {k: after[k] - before.get(k, 0.0) for k in after if k.startswith(base_name)}
-        p50, p99 = (quantile_from_histogram(diff, base_name, q) * 1000 for q in (0.5, 0.99))
-        print(f"arrival->Redis latency at {args.rate:,.0f}/s:   p50 {p50:6.1f} ms   p99 {p99:6.1f} ms   "
-              f"({int(diff.get(base_name + '_count', 0)):,} events)")
-    finally:
-        worker.stop()
+          f"lake {args.lake}; latency runs of {args.seconds:.0f} s")
+    for n_workers in args.workers:
+        measure(base, tmp, args, n_workers)
     return 0
 
 

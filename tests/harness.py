@@ -68,6 +68,12 @@ def isolated_settings(base: Settings, unique: str, tmp_path: Path, partitions: i
     })
 
 
+def another_worker(settings: Settings, data_dir: Path) -> Settings:
+    """Settings for one more worker of the same group on this machine: its own ports and table data."""
+    return settings.model_copy(update={"worker_port": free_port(), "metrics_port": free_port(),
+                                       "worker_data_dir": data_dir})
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VITALSTREAM_")}
     for name, value in settings.model_dump(mode="json").items():

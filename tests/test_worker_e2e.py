@@ -16,7 +16,8 @@ from sinks.lake import Lake
 from sinks.online import read_features
 from simulator.config import SimulationConfig
 from simulator.model import iter_records
-from tests.harness import WorkerProcess, count_offline, in_merge_order, offline_rows, produce, run_oracle, same_vector, wait_for
+from tests.harness import (WorkerProcess, another_worker, count_offline, in_merge_order, offline_rows, produce, run_oracle,
+                           same_vector, scrape_metrics, wait_for)
 
 pytestmark = pytest.mark.stack
 
@@ -70,11 +71,7 @@ def test_simulated_stream_reaches_redis_and_lake(env, tmp_path):
     some = next(iter(oracle.online))
     assert 0 < client.ttl(f"patient:{some}:features") <= 48 * 3600
     # The worker's Prometheus metrics account for every record.
-    import urllib.request
-
-    text = urllib.request.urlopen(f"http://{settings.host}:{settings.metrics_port}/metrics", timeout=5).read().decode()
-    metrics = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line and not line.startswith("#")}
+    metrics = scrape_metrics(settings)
     consumed = sum(v for k, v in metrics.items() if k.startswith("vitalstream_events_in_total{"))
     assert consumed >= len(produced.records)
     rejected = sum(v for k, v in metrics.items() if k.startswith("vitalstream_rejected_total{"))
@@ -116,11 +113,7 @@ def test_second_worker_joining_mid_stream_rebalances_without_loss(env, tmp_path)
     # must not be merged ahead of the records re-read from the committed offsets (agents/clinical.py: _current).
     settings, client, workers, oracle, lake, first = _first_worker_midway(env, tmp_path, seed=13, patients=16, hours=16)
     # A second worker of the same group: the partitions are split between the two (a rebalance).
-    from tests.harness import free_port
-
-    second_settings = settings.model_copy(update={"worker_port": free_port(), "metrics_port": free_port(),
-                                                  "worker_data_dir": tmp_path / "worker-data-2"})
-    second = WorkerProcess(second_settings, tmp_path / "worker2.log").start()
+    second = WorkerProcess(another_worker(settings, tmp_path / "worker-data-2"), tmp_path / "worker2.log").start()
     workers.append(second)
     assert count_offline(lake) < oracle.offline_rows, "the first worker finished before the second joined"
     second.wait_ready()
@@ -128,3 +121,29 @@ def test_second_worker_joining_mid_stream_rebalances_without_loss(env, tmp_path)
     wait_for(lambda: count_offline(lake) >= oracle.offline_rows, 240, "both workers to finish")
     assert_matches_oracle(settings, oracle, lake, client)
     assert first.proc.poll() is None and second.proc.poll() is None, "a worker died in the rebalance"
+
+
+def test_one_of_two_workers_killed_mid_stream_the_other_takes_over(env, tmp_path):
+    # Two workers share the partitions; one dies hard. The survivor is assigned its partitions, restores their
+    # feature state from the changelog and redoes the uncommitted records: the end state is the oracle's.
+    settings, client, workers = env
+    produced = produce(settings, sim_items(seed=14, patients=24, hours=24))
+    oracle = run_oracle(settings, in_merge_order(produced), tmp_path / "oracle-lake")
+    lake = Lake.from_settings(settings)
+    first = WorkerProcess(settings, tmp_path / "worker1.log").start()
+    workers.append(first)
+    first.wait_ready()  # one at a time: a worker whose first assignment is cut by a rebalance never logs Ready
+    second = WorkerProcess(another_worker(settings, tmp_path / "worker-data-2"), tmp_path / "worker2.log").start()
+    workers.append(second)
+    second.wait_ready()
+    second_settings = second.settings
+
+    def second_consumed() -> float:
+        return sum(v for k, v in scrape_metrics(second_settings).items() if k.startswith("vitalstream_events_in_total"))
+
+    wait_for(lambda: second_consumed() > 0, 120, "the second worker to process records")
+    assert count_offline(lake) < oracle.offline_rows, "the workers finished before one could be killed"
+    second.kill9()
+    wait_for(lambda: count_offline(lake) >= oracle.offline_rows, 300, "the surviving worker to finish")
+    assert_matches_oracle(settings, oracle, lake, client)
+    assert first.proc.poll() is None, "the surviving worker died"
