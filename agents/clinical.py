@@ -62,6 +62,10 @@ class _LiveState:
         # After an assignment: the offset each partition must resume at (None once checked); see _from_committed.
         self.resume: dict[TP, int | None] = {}
         self.reseeked: dict[TP, float] = {}  # when each partition was last sought back
+        self.log_start: dict[TP, int] = {}  # earliest offset of each assigned clinical partition
+        self.next_offset: dict[TP, int] = {}  # past the last record delivered, per partition
+        self.quiet_since: dict[TP, float] = {}  # when a partition with records waiting last got one delivered
+        self.watchdog_at = 0.0
 
     def reset(self) -> None:
         # Unacked work is redone from the committed offsets by whoever owns the partitions next.
@@ -75,6 +79,8 @@ class _LiveState:
         self.online_writes.clear()  # still conditional writes of real vectors: harmless if they land later
         self.resume = {}
         self.reseeked = {}
+        self.next_offset = {}
+        self.quiet_since = {}
         self.merge.clear()
         self.online_since = None
 
@@ -163,7 +169,7 @@ async def _from_committed(live: _LiveState, events: list) -> list:
     committed offset: the records in between, dropped unacked at the revocation, were never delivered
     again, and later commits moved past them. So until a partition's first record is the one at its
     committed offset (or the log start, if retention deleted that), later records are dropped unacked and
-    the partition is sought back; earlier ones (redeliveries of an older generation) are dropped too.
+    the partition is sought back. (Records of an older generation were filtered out before, by _current.)
     """
     kept = []
     for event in events:
@@ -174,10 +180,13 @@ async def _from_committed(live: _LiveState, events: list) -> list:
             need = live.resume[tp] = await _resume_offset(tp)
         if need is None:
             kept.append(event)
-        elif msg.offset == need:
+        elif msg.offset <= need:
+            if msg.offset < need:  # the broker holds no commit at `need` (e.g. expired offsets): trust the fetch
+                log.warning("%s/%s resumed at offset %d, before the committed offset %d Faust recorded",
+                            msg.topic, msg.partition, msg.offset, need)
             live.resume[tp] = None  # from here on the partition's records follow in order
             kept.append(event)
-        elif msg.offset > need:  # (earlier ones are redeliveries of an older generation: dropped)
+        else:
             now = time.monotonic()
             if now - live.reseeked.get(tp, -_RESEEK_INTERVAL_S) >= _RESEEK_INTERVAL_S:
                 log.warning("%s/%s resumed at offset %d, after its committed offset %d: seeking back", msg.topic,
@@ -252,6 +261,17 @@ async def _on_assigned(app_, assigned, **kwargs) -> None:  # noqa: ANN001
         # generation's records would stall the worker. Accept them; the merge was reset at the revocation.
         log.warning("rebalance kept consumer generation %s: not dropping its records", live.stale_generation)
         live.stale_generation = None
+    if live is None:
+        return
+    clinical = [tp for tp in assigned if topics.logical_name(settings, tp.topic) in topics.CLINICAL_TOPICS]
+    if clinical:
+        # Where each log starts: a partition whose committed offset retention deleted is caught up at its
+        # log end, not at the committed offset (else the merge would wait one max idle for it).
+        live.log_start.update(await app.consumer.earliest_offsets(*clinical))
+        # The lake sinks' recovery lists the lake: once for the assignment, in a thread, not per partition
+        # on the event loop.
+        await asyncio.to_thread(live.pipeline.recover,
+                                {(topics.logical_name(settings, tp.topic), tp.partition) for tp in clinical})
 
 
 @app.task
@@ -274,7 +294,7 @@ def _caught_up(topic: str, partition: int) -> bool:
     else:
         # Nothing delivered yet: we start at the committed offset (Faust records it at assignment; 0 is
         # stored as None). The fetch position would be wrong here: fetched is not yet delivered.
-        next_offset = app.consumer._committed_offset.get(tp) or 0
+        next_offset = max(app.consumer._committed_offset.get(tp) or 0, _live.log_start.get(tp, 0) if _live else 0)
     return next_offset >= highwater
 
 
@@ -293,6 +313,7 @@ async def _on_tick() -> None:
                 live.flush_online()
             if live.flush_due():
                 await live.flush_and_ack()
+            await _watch_fetching(live)
     except Exception:
         _fatal("the flush timer failed")
 
@@ -309,6 +330,44 @@ def _error_dead_letter(msg) -> DeadLetter:  # noqa: ANN001
 async def _send_dead_letter(live: _LiveState, dead: DeadLetter) -> None:
     live.pending_sends.append(await deadletter_topic.send(key=dead.key, value=dead.value))
     metrics.EVENTS_OUT.labels("deadletter").inc()
+
+
+async def _watch_fetching(live: _LiveState) -> None:
+    """Restart fetching of an assigned partition that has records waiting but delivered none for a max idle.
+
+    After a failover or restart, a partition was seen (about one run in ten) never to deliver a record:
+    assigned, active and unpaused in Faust, lagging, yet nothing arrived, so the merge let its other topics
+    go after max idle and its own records stayed behind for good. Seeking it to where it must continue
+    (past the last record delivered, else its committed offset or log start) resets both aiokafka's fetch
+    position and Faust's read offset, below which Faust drops fetched records silently. Checked every 5 s.
+    """
+    now = time.monotonic()
+    if now - live.watchdog_at < 5.0:
+        return
+    live.watchdog_at = now
+    consumer = app.consumer
+    for tp in consumer.assignment():
+        if topics.logical_name(settings, tp.topic) not in topics.CLINICAL_TOPICS:
+            continue
+        highwater = _highwater(tp)
+        next_offset = live.next_offset.get(tp)
+        if next_offset is None:
+            next_offset = max(consumer._committed_offset.get(tp) or 0, live.log_start.get(tp, 0))
+        if highwater is None or next_offset >= highwater:
+            live.quiet_since.pop(tp, None)
+            continue
+        since = live.quiet_since.setdefault(tp, now)
+        if (now - since) * 1000 < settings.merge_max_idle_ms:
+            continue
+        log.warning("%s/%s: %d records waiting, none delivered for %.0f s (read offset %s, active=%s, paused=%s): "
+                    "seeking to %d", tp.topic, tp.partition, highwater - next_offset, now - since,
+                    consumer._read_offset.get(tp), tp in consumer._get_active_partitions(),
+                    tp in consumer._paused_partitions, next_offset)
+        metrics.FETCH_RESUMED.inc()
+        consumer._buffered_partitions.discard(tp)
+        consumer.resume_partitions([tp])
+        await consumer.seek(tp, next_offset)
+        live.quiet_since[tp] = now
 
 
 async def _process_released(live: _LiveState) -> None:
@@ -390,6 +449,10 @@ async def _consume(live: _LiveState, stream) -> None:  # noqa: ANN001
             if not events:
                 continue
             live.revoked = False
+            for event in events:
+                live.next_offset[event.message.tp] = event.message.offset + 1
+            for tp in {event.message.tp for event in events}:
+                live.quiet_since.pop(tp, None)
             # Catching up (far behind the highwater): coalesce Redis writes over a longer interval.
             last = events[-1].message
             highwater = _highwater(last.tp)

@@ -17,6 +17,8 @@ STALE_DROPPED = Counter("vitalstream_stale_generation_dropped_total",
                         "Records fetched before a rebalance, dropped unacked (redelivered from the committed offset)")
 RESUME_SEEKS = Counter("vitalstream_resume_seeks_total",
                        "Partitions sought back to their committed offset after resuming past it")
+FETCH_RESUMED = Counter("vitalstream_fetch_resumed_total",
+                        "Assigned partitions with records waiting but none delivered for a max idle, sought back")
 UPDATE_LATENCY = Histogram(
     "vitalstream_feature_update_latency_seconds",
     "From a record's arrival in Kafka to its feature vector's Redis write",

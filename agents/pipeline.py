@@ -187,6 +187,13 @@ class Pipeline:
         """Write buffered bronze, silver and offline rows as objects, then their watermarks."""
         return self.write_lake(self.seal_lake())
 
+    def recover(self, tps: set[tuple[str, int]]) -> None:
+        """Load the lake sinks' watermarks of (topic, partition)s about to be processed (lists the lake: run
+        it off the event loop); otherwise each partition's first record does it."""
+        for sink in (self.bronze, self.silver, self.offline):
+            if sink is not None:
+                sink.recover(tps)
+
     def forget(self, tps: set[tuple[str, int]]) -> None:
         for sink in (self.bronze, self.silver, self.offline):
             if sink is not None:

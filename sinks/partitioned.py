@@ -15,7 +15,7 @@ import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from sinks.lake import Lake
 
@@ -107,17 +107,34 @@ class OffsetTrackedSink:
         return wm
 
     def _recover(self, tp: TopicPartition) -> int:
-        try:
-            wm = int(self.lake.get(self._marker(tp)).decode())
-        except FileNotFoundError:
-            wm = -1
+        self.recover([tp])
+        return self._watermarks[tp]
+
+    def recover(self, tps: Iterable[TopicPartition]) -> None:
+        """Read the watermarks of tps and delete their objects past them (left by a flush cut short).
+
+        One listing of the sink's prefix serves every partition: run it for a whole assignment at once,
+        off the event loop.
+        """
+        todo = {tp for tp in tps if tp not in self._watermarks}
+        if not todo:
+            return
+        marks = {}
+        for tp in todo:
+            try:
+                marks[tp] = int(self.lake.get(self._marker(tp)).decode())
+            except FileNotFoundError:
+                marks[tp] = -1
         for obj in self.lake.list(self.prefix):
             m = OBJECT_NAME.search(obj.path)
-            if m and m["topic"] == tp[0] and int(m["partition"]) == tp[1] and int(m["first"]) > wm:
+            if m is None:
+                continue
+            wm = marks.get((m["topic"], int(m["partition"])))
+            if wm is not None and int(m["first"]) > wm:
                 log.warning("%s: removing %s, written past watermark %d by an interrupted flush",
                             self.name, obj.path, wm)
                 self.lake.delete(obj.path)
-        return wm
+        self._watermarks.update(marks)
 
     def accepts(self, topic: str, partition: int, offset: int) -> bool:
         """False for a record this sink already holds (a redelivery after a crash)."""

@@ -78,6 +78,10 @@ class SilverSink:
     def seal_batches(self) -> list:
         return [sink.seal() for sink in self.sinks.values()]
 
+    def recover(self, tps) -> None:  # noqa: ANN001
+        for topic, sink in self.sinks.items():
+            sink.recover([tp for tp in tps if tp[0] == topic])
+
     def forget(self, tps) -> None:
         for sink in self.sinks.values():
             sink.forget(tps)

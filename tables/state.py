@@ -167,6 +167,11 @@ _P_LASTVITAL = FEATURE_INDEX["hours_since_last_vital"]
 _P_COUNT6 = tuple(FEATURE_INDEX[f"{s}_count_6h"] for s in VITAL_SIGNALS)
 
 
+def _hours_since(ts: Optional[int], t: int) -> float:
+    """Hours from ts to t; NaN if there is no ts within RECALL_MS (a replay warms up as long)."""
+    return _NAN if ts is None or ts <= t - RECALL_MS else (t - ts) / HOUR_MS
+
+
 def _clean(v: Any) -> Optional[float]:
     """A usable measurement or None (missing, NaN, inf, absurd)."""
     if v is None:
@@ -506,19 +511,16 @@ class FeatureEngine:
         if t >= p.lab_until:
             p.lab_vals, p.lab_until = lab_block(ctx["labs"], ctx["lab_last"], t)
             vec[_P_LABS : _P_LABS + len(p.lab_vals)] = p.lab_vals
-        recall = t - RECALL_MS  # "hours since" features look back this far (a replay warms up as long)
-        lt = p.last_lab_ts
-        vec[_P_LAB_HOURS] = _NAN if lt is None or lt <= recall else (t - lt) / HOUR_MS
+        vec[_P_LAB_HOURS] = _hours_since(p.last_lab_ts, t)
         if t >= p.med_until:
             p.med_vals, p.med_until = med_block(ctx["doses"], t)
             m = p.med_vals
             vec[_P_MEDS : _P_MEDS + len(m) - 1] = m[:-1]
             vec[_P_FLAG] = m[-1]
-        last_vs = ctx["dose_last"].get(STUDY_DRUG)
-        vec[_P_VS101_HOURS] = _NAN if last_vs is None or last_vs <= recall else (t - last_vs) / HOUR_MS
+        vec[_P_VS101_HOURS] = _hours_since(ctx["dose_last"].get(STUDY_DRUG), t)
         enr, vt = ctx["enr"], ctx["vt"]
         vec[_P_ENR] = _NAN if enr is None else (t - enr) / HOUR_MS
-        vec[_P_LASTVITAL] = _NAN if vt is None or vt <= recall else (t - vt) / HOUR_MS
+        vec[_P_LASTVITAL] = _hours_since(vt, t)
         c = _P_COUNT6
         vec[_P_MISSING : _P_MISSING + 6] = (
             float(vec[c[0]] == 0.0), float(vec[c[1]] == 0.0), float(vec[c[2]] == 0.0),

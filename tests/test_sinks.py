@@ -190,3 +190,26 @@ def test_replay_manifest_supersedes_live_rows_atomically(lake):
     assert not any("replay-aaa" in o.path for o in lake.list(d))
     got = dict(zip(*(read_offline(lake, day, day)[c].to_pylist() for c in ("source_offset", FEATURE_NAMES[j]))))
     assert got[3] == vector(3)[j] + 2.0
+
+
+def test_recovery_of_a_whole_assignment_at_once(lake):
+    # Two partitions, each with a flush cut short (object written, watermark not), and one never written:
+    # one recover() call (one listing) restores every watermark and removes both orphans.
+    day = 1_772_323_200_000
+    sink = OfflineFeatureSink(lake)
+    for partition in (0, 1):
+        for o in range(0, 5):
+            sink.add_row("clinical.vitals", partition, o, f"PT{o}", day + o, f"e{partition}-{o}", vector(o))
+    sink.flush()
+    for partition in (0, 1):
+        for o in range(5, 8):
+            sink.add_row("clinical.vitals", partition, o, f"PT{o}", day + o, f"e{partition}-{o}", vector(o))
+    for path, rows in sink.seal().objects:
+        lake.put(path, sink.encode(rows))
+    assert read_offline(lake).num_rows == 16
+    restarted = OfflineFeatureSink(lake)
+    tps = [("clinical.vitals", 0), ("clinical.vitals", 1), ("clinical.vitals", 2)]
+    restarted.recover(tps)
+    assert [restarted.watermark(tp) for tp in tps] == [4, 4, -1]
+    assert read_offline(lake).num_rows == 10  # the orphans (offsets 5-7 of both partitions) are gone
+    assert not restarted.accepts("clinical.vitals", 1, 4) and restarted.accepts("clinical.vitals", 1, 5)
