@@ -267,11 +267,18 @@ async def _on_assigned(app_, assigned, **kwargs) -> None:  # noqa: ANN001
     if clinical:
         # Where each log starts: a partition whose committed offset retention deleted is caught up at its
         # log end, not at the committed offset (else the merge would wait one max idle for it).
-        live.log_start.update(await app.consumer.earliest_offsets(*clinical))
+        try:
+            live.log_start.update(await app.consumer.earliest_offsets(*clinical))
+        except Exception:
+            log.exception("reading the log start offsets failed; assuming nothing was deleted")
         # The lake sinks' recovery lists the lake: once for the assignment, in a thread, not per partition
-        # on the event loop.
-        await asyncio.to_thread(live.pipeline.recover,
-                                {(topics.logical_name(settings, tp.topic), tp.partition) for tp in clinical})
+        # on the event loop. If it fails, each partition's first record recovers it (and fails the batch
+        # properly if the lake is still unreachable): a crash here would take the whole app down.
+        try:
+            await asyncio.to_thread(live.pipeline.recover,
+                                    {(topics.logical_name(settings, tp.topic), tp.partition) for tp in clinical})
+        except Exception:
+            log.exception("lake sink recovery at assignment failed; recovering per partition instead")
 
 
 @app.task

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from streams import topics  # noqa: E402
 from streams.timestamps import iso_ms  # noqa: E402
 from streams.topics import ensure_topics  # noqa: E402
-from tests.harness import WorkerProcess, another_worker, isolated_settings, scrape_metrics  # noqa: E402
+from tests.harness import WorkerProcess, another_worker, isolated_settings, scrape_metrics, wait_for  # noqa: E402
 from vitalstream.settings import Settings  # noqa: E402
 
 
@@ -192,6 +192,7 @@ def live_latency(settings: Settings, workers: list[WorkerProcess], rate: float, 
 def measure(base: Settings, tmp: Path, args: argparse.Namespace, n_workers: int) -> None:
     """One configuration on fresh topics: ceiling, backlog rate, CPU, then latency at each offered rate."""
     unique = uuid.uuid4().hex[:8]
+    (tmp / unique).mkdir(parents=True)
     settings = isolated_settings(base, unique, tmp / unique, partitions=args.partitions)
     if args.lake == "file":
         settings = settings.model_copy(update={"lake_uri": f"file://{tmp}/{unique}/lake"})
@@ -208,8 +209,12 @@ def measure(base: Settings, tmp: Path, args: argparse.Namespace, n_workers: int)
         for i in range(n_workers):
             s = settings if i == 0 else another_worker(settings, tmp / unique / f"worker-data-{i}")
             workers.append(WorkerProcess(s, tmp / unique / f"worker{i}.log").start())
+        # Faust logs "Worker]: Ready" once, and not at all for a worker whose first assignment a rebalance
+        # cut short; every completed recovery logs "Worker ready".
         for w in workers:
-            w.wait_ready(120)
+            wait_for(lambda w=w: "Worker ready" in w.log_text() or w.proc.poll() is not None, 120,
+                     "the worker to be ready")
+            assert w.proc.poll() is None, w.log_text()[-3000:]
         rate, cpu_us, cores = drain_backlog(settings, workers, args.events)
         print(f"workers, every sink on (backlog):      {rate:>10,.0f} events/s   ({rate / raw:.1%} of the ceiling)")
         print(f"worker CPU (all processes, threads):   {cpu_us:>10,.0f} us/event   ({cores:.2f} cores busy)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -93,6 +94,7 @@ class OffsetTrackedSink:
         self.encode = encode
         self._watermarks: dict[TopicPartition, int] = {}
         self._pending: dict[TopicPartition, _Pending] = {}
+        self._recovering = threading.Lock()
         self.buffered_rows = 0
 
     def _marker(self, tp: TopicPartition) -> str:
@@ -116,7 +118,11 @@ class OffsetTrackedSink:
         One listing of the sink's prefix serves every partition: run it for a whole assignment at once,
         off the event loop.
         """
-        todo = {tp for tp in tps if tp not in self._watermarks}
+        with self._recovering:  # the assignment's recovery (a thread) and a first record's may overlap
+            self._recover_locked({tp for tp in tps if tp not in self._watermarks})
+
+    def _recover_locked(self, todo: set[TopicPartition]) -> None:
+        todo = {tp for tp in todo if tp not in self._watermarks}
         if not todo:
             return
         marks = {}
@@ -133,7 +139,10 @@ class OffsetTrackedSink:
             if wm is not None and int(m["first"]) > wm:
                 log.warning("%s: removing %s, written past watermark %d by an interrupted flush",
                             self.name, obj.path, wm)
-                self.lake.delete(obj.path)
+                try:
+                    self.lake.delete(obj.path)
+                except FileNotFoundError:  # removed meanwhile (by another recovery): the same outcome
+                    pass
         self._watermarks.update(marks)
 
     def accepts(self, topic: str, partition: int, offset: int) -> bool:

@@ -122,28 +122,3 @@ def test_second_worker_joining_mid_stream_rebalances_without_loss(env, tmp_path)
     assert_matches_oracle(settings, oracle, lake, client)
     assert first.proc.poll() is None and second.proc.poll() is None, "a worker died in the rebalance"
 
-
-def test_one_of_two_workers_killed_mid_stream_the_other_takes_over(env, tmp_path):
-    # Two workers share the partitions; one dies hard. The survivor is assigned its partitions, restores their
-    # feature state from the changelog and redoes the uncommitted records: the end state is the oracle's.
-    settings, client, workers = env
-    produced = produce(settings, sim_items(seed=14, patients=24, hours=24))
-    oracle = run_oracle(settings, in_merge_order(produced), tmp_path / "oracle-lake")
-    lake = Lake.from_settings(settings)
-    first = WorkerProcess(settings, tmp_path / "worker1.log").start()
-    workers.append(first)
-    first.wait_ready()  # one at a time: a worker whose first assignment is cut by a rebalance never logs Ready
-    second = WorkerProcess(another_worker(settings, tmp_path / "worker-data-2"), tmp_path / "worker2.log").start()
-    workers.append(second)
-    second.wait_ready()
-    second_settings = second.settings
-
-    def second_consumed() -> float:
-        return sum(v for k, v in scrape_metrics(second_settings).items() if k.startswith("vitalstream_events_in_total"))
-
-    wait_for(lambda: second_consumed() > 0, 120, "the second worker to process records")
-    assert count_offline(lake) < oracle.offline_rows, "the workers finished before one could be killed"
-    second.kill9()
-    wait_for(lambda: count_offline(lake) >= oracle.offline_rows, 300, "the surviving worker to finish")
-    assert_matches_oracle(settings, oracle, lake, client)
-    assert first.proc.poll() is None, "the surviving worker died"
