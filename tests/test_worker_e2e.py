@@ -98,7 +98,7 @@ def _first_worker_midway(env, tmp_path, seed: int, patients: int, hours: float):
 def test_kill9_mid_stream_loses_nothing_and_duplicates_nothing(env, tmp_path):
     # All clinical topics: the restarted worker must also resume the cross-topic merge order, with feature
     # state (written per flush) ahead of the committed offsets of some topics.
-    settings, client, workers, oracle, lake, first = _first_worker_midway(env, tmp_path, seed=12, patients=16, hours=12)
+    settings, client, workers, oracle, lake, first = _first_worker_midway(env, tmp_path, seed=12, patients=24, hours=24)
     assert count_offline(lake) < oracle.offline_rows, "the worker finished before it could be killed"
     first.kill9()
     second = WorkerProcess(settings, tmp_path / "worker2.log").start()
@@ -111,7 +111,7 @@ def test_kill9_mid_stream_loses_nothing_and_duplicates_nothing(env, tmp_path):
 def test_second_worker_joining_mid_stream_rebalances_without_loss(env, tmp_path):
     # The first worker keeps some partitions: records it fetched before the rebalance but had not taken yet
     # must not be merged ahead of the records re-read from the committed offsets (agents/clinical.py: _current).
-    settings, client, workers, oracle, lake, first = _first_worker_midway(env, tmp_path, seed=13, patients=16, hours=16)
+    settings, client, workers, oracle, lake, first = _first_worker_midway(env, tmp_path, seed=13, patients=24, hours=24)
     # A second worker of the same group: the partitions are split between the two (a rebalance).
     second = WorkerProcess(another_worker(settings, tmp_path / "worker-data-2"), tmp_path / "worker2.log").start()
     workers.append(second)
