@@ -181,7 +181,9 @@ async def _from_committed(live: _LiveState, events: list) -> list:
         if need is None:
             kept.append(event)
         elif msg.offset <= need:
-            if msg.offset < need:  # the broker holds no commit at `need` (e.g. expired offsets): trust the fetch
+            if msg.offset < need:  # fetched before Faust's seek to the committed offsets (seen in restarts):
+                # committed records again, i.e. duplicates to the sinks and the engine. Trust the fetch rather
+                # than drop them, in case Faust's record of the commit is the wrong one.
                 log.warning("%s/%s resumed at offset %d, before the committed offset %d Faust recorded",
                             msg.topic, msg.partition, msg.offset, need)
             live.resume[tp] = None  # from here on the partition's records follow in order
