@@ -64,7 +64,7 @@ class _LiveState:
         self.reseeked: dict[TP, float] = {}  # when each partition was last sought back
         self.log_start: dict[TP, int] = {}  # earliest offset of each assigned clinical partition
         self.next_offset: dict[TP, int] = {}  # past the last record delivered, per partition
-        self.quiet_since: dict[TP, float] = {}  # when a partition with records waiting last got one delivered
+        self.quiet: dict[TP, tuple[int, float]] = {}  # a lagging partition's next offset, and since when it is
         self.watchdog_at = 0.0
 
     def reset(self) -> None:
@@ -80,7 +80,7 @@ class _LiveState:
         self.resume = {}
         self.reseeked = {}
         self.next_offset = {}
-        self.quiet_since = {}
+        self.quiet = {}
         self.merge.clear()
         self.online_since = None
 
@@ -177,7 +177,7 @@ async def _from_committed(live: _LiveState, events: list) -> list:
         tp = msg.tp
         need = live.resume.get(tp, _UNCHECKED)
         if need is _UNCHECKED:
-            need = live.resume[tp] = await _resume_offset(tp)
+            need = live.resume[tp] = _resume_offset(live, tp)
         if need is None:
             kept.append(event)
         elif msg.offset <= need:
@@ -199,16 +199,24 @@ async def _from_committed(live: _LiveState, events: list) -> list:
     return kept
 
 
-async def _resume_offset(tp: TP) -> int | None:
-    """Where tp must resume: its committed offset, or the log start if that is later; None: no check
-    (nothing committed, or a compacted topic, whose logs have holes)."""
-    if topics.logical_name(settings, tp.topic) == topics.PATIENTS:
+def _resume_offset(live: _LiveState, tp: TP) -> int | None:
+    """Where tp must resume after an assignment; None: no check (nothing committed, or a compacted topic,
+    whose logs have holes)."""
+    if topics.logical_name(settings, tp.topic) == topics.PATIENTS or not app.consumer._committed_offset.get(tp):
         return None
-    committed = app.consumer._committed_offset.get(tp)  # set at assignment by Faust's seek to committed offsets
-    if not committed:
-        return None
-    earliest = (await app.consumer.earliest_offsets(tp)).get(tp)
-    return max(committed, earliest or 0)
+    return _next_offset(live, tp)
+
+
+def _next_offset(live: _LiveState | None, tp: TP) -> int:
+    """The offset tp continues at: past its last record delivered, else its committed offset (Faust records
+    it at assignment; 0 is stored as None) or the log start, if retention deleted that. Not the fetch
+    position: fetched is not yet delivered."""
+    if live is not None:
+        delivered = live.next_offset.get(tp)
+        if delivered is not None:
+            return delivered
+    committed = app.consumer._committed_offset.get(tp) or 0
+    return max(committed, live.log_start.get(tp, 0)) if live is not None else committed
 
 
 def _fatal(what: str) -> None:
@@ -258,13 +266,13 @@ async def _on_revoked(app_, revoked, **kwargs) -> None:  # noqa: ANN001
 @app.on_partitions_assigned.connect
 async def _on_assigned(app_, assigned, **kwargs) -> None:  # noqa: ANN001
     live = _live
-    if live is not None and live.stale_generation is not None and app.consumer_generation_id == live.stale_generation:
+    if live is None:
+        return
+    if live.stale_generation is not None and app.consumer_generation_id == live.stale_generation:
         # A rejoin that kept the generation (possible for a follower with unchanged metadata): dropping this
         # generation's records would stall the worker. Accept them; the merge was reset at the revocation.
         log.warning("rebalance kept consumer generation %s: not dropping its records", live.stale_generation)
         live.stale_generation = None
-    if live is None:
-        return
     clinical = [tp for tp in assigned if topics.logical_name(settings, tp.topic) in topics.CLINICAL_TOPICS]
     if clinical:
         # Where each log starts: a partition whose committed offset retention deleted is caught up at its
@@ -295,16 +303,7 @@ def _caught_up(topic: str, partition: int) -> bool:
     """True when nothing more of (topic, partition) is waiting at the broker for this worker."""
     tp = TP(topics.kafka_name(settings, topic), partition)
     highwater = _highwater(tp)
-    if highwater is None:
-        return False
-    last = _live.merge.last_offset.get((topic, partition)) if _live else None
-    if last is not None:
-        next_offset = last + 1
-    else:
-        # Nothing delivered yet: we start at the committed offset (Faust records it at assignment; 0 is
-        # stored as None). The fetch position would be wrong here: fetched is not yet delivered.
-        next_offset = max(app.consumer._committed_offset.get(tp) or 0, _live.log_start.get(tp, 0) if _live else 0)
-    return next_offset >= highwater
+    return highwater is not None and _next_offset(_live, tp) >= highwater
 
 
 @app.timer(interval=0.05)
@@ -359,13 +358,14 @@ async def _watch_fetching(live: _LiveState) -> None:
         if topics.logical_name(settings, tp.topic) not in topics.CLINICAL_TOPICS:
             continue
         highwater = _highwater(tp)
-        next_offset = live.next_offset.get(tp)
-        if next_offset is None:
-            next_offset = max(consumer._committed_offset.get(tp) or 0, live.log_start.get(tp, 0))
+        next_offset = _next_offset(live, tp)
         if highwater is None or next_offset >= highwater:
-            live.quiet_since.pop(tp, None)
+            live.quiet.pop(tp, None)
             continue
-        since = live.quiet_since.setdefault(tp, now)
+        seen, since = live.quiet.get(tp, (None, now))
+        if seen != next_offset:  # records were delivered since the last check
+            live.quiet[tp] = (next_offset, now)
+            continue
         if (now - since) * 1000 < settings.merge_max_idle_ms:
             continue
         log.warning("%s/%s: %d records waiting, none delivered for %.0f s (read offset %s, active=%s, paused=%s): "
@@ -376,7 +376,7 @@ async def _watch_fetching(live: _LiveState) -> None:
         consumer._buffered_partitions.discard(tp)
         consumer.resume_partitions([tp])
         await consumer.seek(tp, next_offset)
-        live.quiet_since[tp] = now
+        live.quiet[tp] = (next_offset, now)
 
 
 async def _process_released(live: _LiveState) -> None:
@@ -458,10 +458,6 @@ async def _consume(live: _LiveState, stream) -> None:  # noqa: ANN001
             if not events:
                 continue
             live.revoked = False
-            for event in events:
-                live.next_offset[event.message.tp] = event.message.offset + 1
-            for tp in {event.message.tp for event in events}:
-                live.quiet_since.pop(tp, None)
             # Catching up (far behind the highwater): coalesce Redis writes over a longer interval.
             last = events[-1].message
             highwater = _highwater(last.tp)
@@ -469,6 +465,7 @@ async def _consume(live: _LiveState, stream) -> None:  # noqa: ANN001
             now_ms = time.monotonic() * 1000  # merge timing only (see TimestampMerge)
             for event in events:
                 msg = event.message
+                live.next_offset[msg.tp] = msg.offset + 1
                 rec = RawRecord(topics.logical_name(settings, msg.topic), msg.partition, msg.offset,
                                 round(msg.timestamp * 1000), msg.key, msg.value)
                 if rec.topic in MERGE_RANK:

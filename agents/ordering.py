@@ -43,7 +43,6 @@ class TimestampMerge:
         self.max_idle_ms = max_idle_ms
         # partition -> topic -> FIFO of (record, handle, received_ms)
         self._fifos: dict[int, dict[str, deque[tuple[RawRecord, Any, float]]]] = {}
-        self.last_offset: dict[tuple[str, int], int] = {}
         # partition -> since when its merge has waited on a lagging (empty, not caught up) topic; cleared when
         # no topic lags. Max idle counts from here, like Kafka Streams' max.task.idle.ms, not from when the head
         # record arrived: a record buffered long during a catch-up must still wait for a topic that just ran empty.
@@ -55,7 +54,6 @@ class TimestampMerge:
         if fifos is None:
             fifos = self._fifos[rec.partition] = {t: deque() for t in MERGE_RANK}
         fifos[rec.topic].append((rec, handle, received_ms))
-        self.last_offset[(rec.topic, rec.partition)] = rec.offset
 
     @property
     def buffered(self) -> int:
@@ -111,5 +109,4 @@ class TimestampMerge:
 
     def clear(self) -> None:
         self._fifos.clear()
-        self.last_offset.clear()
         self._blocked_since.clear()
