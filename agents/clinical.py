@@ -59,6 +59,7 @@ class _LiveState:
         self.stale_generation: int | None = None  # the consumer generation the last rebalance ended
         self.pending_sends: list = []  # dead-letter sends of unacked records
         self.online_writes: list[asyncio.Future] = []  # Redis writes of unacked records' vectors
+        self.online_writing: asyncio.Future | None = None  # the latest Redis write handed to the writer thread
         # After an assignment: the offset each partition must resume at (None once checked); see _from_committed.
         self.resume: dict[TP, int | None] = {}
         self.reseeked: dict[TP, float] = {}  # when each partition was last sought back
@@ -87,6 +88,10 @@ class _LiveState:
     def online_due(self) -> bool:
         if self.online_since is None:
             return False
+        if self.online_writing is not None and not self.online_writing.done():
+            # Redis is behind: keep coalescing (a patient's newer vector replaces its older one) rather than
+            # queue batch after batch. Under load, batches grow and cost less per event; idle, nothing waits.
+            return False
         interval = settings.online_flush_backlog_ms if self.backlogged else settings.online_flush_ms
         return (time.monotonic() - self.online_since) * 1000 >= interval
 
@@ -98,6 +103,7 @@ class _LiveState:
         if batch is not None:
             write = asyncio.get_running_loop().run_in_executor(_REDIS_WRITER, self.pipeline.write_online, batch)
             self.online_writes.append(write)
+            self.online_writing = write
 
     def flush_due(self) -> bool:
         if not self.unacked:
@@ -137,7 +143,8 @@ class _LiveState:
                     if attempt == 4:
                         raise
                     await asyncio.sleep(2 ** attempt)
-            self.store.apply(generation)
+            for _ in self.store.apply_steps(generation):
+                await asyncio.sleep(0)  # thousands of table sets (each a changelog send): let fetches in between
             await app.producer.flush()
             await asyncio.gather(*sends)  # a dead letter that failed to send must not be acked away
             await asyncio.gather(*online_writes)  # nor a record whose vector did not reach Redis

@@ -86,20 +86,30 @@ class FaustTableStore:
 
     def apply(self, generation: tuple[dict[int, dict[str, Any]], dict[int, Any]]) -> int:
         """Write a sealed generation to the table (and so to RocksDB and the changelog)."""
+        return sum(self.apply_steps(generation))
+
+    def apply_steps(self, generation: tuple[dict[int, dict[str, Any]], dict[int, Any]],
+                    step: int = 200) -> Iterator[int]:
+        """`apply`, yielding the number of keys written after every `step` of them, so a caller on the event
+        loop can let other work run in between. Reads see the generation until the last step."""
         writes, events = generation
         n = 0
         for p, part in writes.items():
-            with as_event(events[p]):
-                for key, value in part.items():
+            for key, value in part.items():
+                with as_event(events[p]):
                     if value is _DELETED:
                         if key in self.table:
                             del self.table[key]
                     else:
                         self.table[key] = value
-                    n += 1
+                n += 1
+                if n == step:
+                    yield n
+                    n = 0
         if generation in self._sealed:  # a reset (rebalance) may have dropped it already
             self._sealed.remove(generation)
-        return n
+        if n:
+            yield n
 
     def flush(self) -> int:
         return self.apply(self.seal())

@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     merge_max_idle_ms: int = 30_000  # wait at most this long for a lagging topic
     online_flush_ms: int = 50  # Redis write interval when caught up (coalesces a patient's vectors)
     online_flush_backlog_ms: int = 5_000  # ... and while catching up on a backlog, where latency is lag anyway
+    fetch_max_wait_ms: int = 50  # how long the broker may hold a fetch with no data (bounds latency; app.py)
     batch_max_events: int = 1_000  # micro-batch of the agent; Redis is written once per batch
     batch_max_seconds: float = 0.05
     worker_data_dir: Path | None = None  # RocksDB tables; default {stack_dir}/worker-data

@@ -1,0 +1,45 @@
+"""The Faust app's own wiring: what app.py changes about Faust's defaults reaches the running consumer."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vitalstream.settings import Settings
+
+pytestmark = pytest.mark.stack
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Runs in a fresh interpreter: importing app registers agents and tables on a module-level app, which must
+# not leak into the test process. Starts the worker's own aiokafka consumer against the real broker and
+# reports the max wait its fetcher uses.
+_PROBE = """
+import asyncio, json
+from app import app
+async def main():
+    consumer = app.consumer._thread._create_worker_consumer(app.transport)
+    await consumer.start()
+    try:
+        print(json.dumps({"consumer": type(app.consumer).__name__,
+                          "fetch_max_wait_ms": consumer._fetcher._fetch_max_wait_ms}))
+    finally:
+        await consumer.stop()
+asyncio.run(main())
+"""
+
+
+def test_worker_fetch_max_wait_comes_from_settings(stack: Settings, unique: str, tmp_path: Path) -> None:
+    # Faust hardcodes 1,500 ms; a fetch parked that long on quiet topics delays busy ones just as long.
+    env = {**os.environ, "VITALSTREAM_FETCH_MAX_WAIT_MS": "37", "VITALSTREAM_APP_ID": f"probe-{unique}",
+           "VITALSTREAM_WORKER_DATA_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", _PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report == {"consumer": "LowLatencyConsumer", "fetch_max_wait_ms": 37}
+    assert Settings().fetch_max_wait_ms < 1500  # the default bounds the delay well below Faust's
