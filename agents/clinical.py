@@ -117,9 +117,10 @@ class _LiveState:
     async def flush_and_ack(self) -> None:
         """Seal what is buffered and complete it in the background while processing goes on.
 
-        Completion writes the lake objects, then the table state, then flushes the producer
-        (changelog and dead letters acknowledged), and only then acks the records, so the
-        committed offset never passes data the sinks do not hold. One completion at a time.
+        Completion writes the lake objects, waits for the batch's Redis writes, then writes the
+        table state, then flushes the producer (changelog and dead letters acknowledged), and
+        only then acks the records, so the committed offset never passes data the sinks do not
+        hold. One completion at a time.
         """
         self.flush_online()  # acked records must have their vectors in Redis too
         if self.inflight is not None:
@@ -143,11 +144,14 @@ class _LiveState:
                     if attempt == 4:
                         raise
                     await asyncio.sleep(2 ** attempt)
+            # Redis, like the lake, must hold the batch before its state is written: from then on its records
+            # are duplicates to a worker that redoes them, and would not write their vectors again.
+            await asyncio.gather(*online_writes)
+            # In write_rank order, so a crash part-way through leaves a state that redoing the batch repairs.
             for _ in self.store.apply_steps(generation):
                 await asyncio.sleep(0)  # thousands of table sets (each a changelog send): let fetches in between
             await app.producer.flush()
             await asyncio.gather(*sends)  # a dead letter that failed to send must not be acked away
-            await asyncio.gather(*online_writes)  # nor a record whose vector did not reach Redis
             for event in events:
                 await self.stream.ack(event)
         except Exception:

@@ -7,6 +7,8 @@ adapter puts that store on a Faust table, with two twists:
   of the events that caused them. Otherwise a crash between a state write and a
   sink flush would make the redelivered events look like duplicates and their
   rows would never reach the sinks.
+* A flush's writes go in `write_rank` order, so a crash part-way through leaves
+  a state that redoing the flush's records repairs (tables/state.py).
 * Faust's RocksDB store picks a key's partition from the event being processed.
   Flushes happen outside any event, so each partition's writes are applied with
   an event of that partition set as the current event.
@@ -18,6 +20,8 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from faust.streams import _current_event  # private, but it is how Faust routes a key to its partition
+
+from tables.state import write_rank
 
 _DELETED = object()
 
@@ -95,7 +99,8 @@ class FaustTableStore:
         writes, events = generation
         n = 0
         for p, part in writes.items():
-            for key, value in part.items():
+            # In the engine's crash-safe order (write_rank), not the order keys were first touched.
+            for key, value in sorted(part.items(), key=lambda kv: write_rank(kv[0], kv[1] is _DELETED)):
                 with as_event(events[p]):
                     if value is _DELETED:
                         if key in self.table:

@@ -114,6 +114,19 @@ def context_key(patient_id: str) -> str:
     return f"c|{patient_id}"
 
 
+def write_rank(key: str, deleted: bool) -> int:
+    """Where a flush's write of `key` goes in the order it reaches a durable store (and its changelog).
+
+    A worker killed part-way through leaves any prefix of that order behind, and the next owner redoes the
+    flush's records on it. Rows of vitals buckets go first, then each patient's context (its time decides
+    which buckets are read back), then deletions of buckets that time retired. Then a prefix is a state the
+    redone records turn into the same results; a context ahead of its rows would turn them into late events.
+    """
+    if deleted:
+        return 2
+    return 1 if key.startswith("c|") else 0
+
+
 @dataclass(slots=True)
 class FeatureUpdate:
     """The patient's feature vector at ``ts_ms`` (their latest event time), in registry order."""
