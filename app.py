@@ -41,16 +41,18 @@ class PerBatchMonitor(Monitor):
         pass
 
 class LowLatencyConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """Faust's consumer with a configurable fetch max wait (Faust hardcodes 1,500 ms).
+    """Faust's consumer with a configurable fetch max wait (Faust hardcodes 1,500 ms) and minimum size.
 
     aiokafka keeps one fetch request in flight per broker, for the partitions with nothing buffered. When
     that request holds only quiet partitions (labs, doses, the patients topic between records), the broker
     parks it for the full max wait, and records arriving meanwhile on busy partitions wait behind it: up to
-    1.5 s of latency at a few hundred events/s. A short max wait bounds that delay."""
+    1.5 s of latency at a few hundred events/s. A short max wait bounds that delay; a minimum size keeps
+    fetches from returning a record or two each (each response is decoded in Python)."""
 
     def _create_worker_consumer(self, transport):  # noqa: ANN001, ANN202
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = settings.fetch_max_wait_ms  # read by consumer.start(), into its Fetcher
+        consumer._fetch_min_bytes = settings.fetch_min_bytes  # likewise
         return consumer
 
 

@@ -144,8 +144,19 @@ class Pipeline:
         if batch is None or self.online is None:
             return 0
         t0 = time.perf_counter()
-        n = len(batch.vectors)
         self.online.write(batch.vectors)
+        return self._online_written(batch, t0)
+
+    async def write_online_async(self, batch: OnlineBatch | None) -> int:
+        """`write_online` from the event loop, without blocking it (the store needs an async client)."""
+        if batch is None or self.online is None:
+            return 0
+        t0 = time.perf_counter()
+        await self.online.write_async(batch.vectors)
+        return self._online_written(batch, t0)
+
+    def _online_written(self, batch: OnlineBatch, t0: float) -> int:
+        n = len(batch.vectors)
         now_ms = time.time() * 1000
         for arrived in batch.arrivals:
             metrics.UPDATE_LATENCY.observe(max(now_ms - arrived, 0) / 1000)

@@ -26,20 +26,21 @@ async def main():
     await consumer.start()
     try:
         print(json.dumps({"consumer": type(app.consumer).__name__,
-                          "fetch_max_wait_ms": consumer._fetcher._fetch_max_wait_ms}))
+                          "fetch_max_wait_ms": consumer._fetcher._fetch_max_wait_ms,
+                          "fetch_min_bytes": consumer._fetcher._fetch_min_bytes}))
     finally:
         await consumer.stop()
 asyncio.run(main())
 """
 
 
-def test_worker_fetch_max_wait_comes_from_settings(stack: Settings, unique: str, tmp_path: Path) -> None:
+def test_worker_fetch_wait_and_size_come_from_settings(stack: Settings, unique: str, tmp_path: Path) -> None:
     # Faust hardcodes 1,500 ms; a fetch parked that long on quiet topics delays busy ones just as long.
-    env = {**os.environ, "VITALSTREAM_FETCH_MAX_WAIT_MS": "37", "VITALSTREAM_APP_ID": f"probe-{unique}",
+    env = {**os.environ, "VITALSTREAM_FETCH_MAX_WAIT_MS": "37", "VITALSTREAM_FETCH_MIN_BYTES": "4321", "VITALSTREAM_APP_ID": f"probe-{unique}",
            "VITALSTREAM_WORKER_DATA_DIR": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", _PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
-    assert report == {"consumer": "LowLatencyConsumer", "fetch_max_wait_ms": 37}
+    assert report == {"consumer": "LowLatencyConsumer", "fetch_max_wait_ms": 37, "fetch_min_bytes": 4321}
     assert Settings().fetch_max_wait_ms < 1500  # the default bounds the delay well below Faust's

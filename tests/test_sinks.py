@@ -1,6 +1,8 @@
 """Sinks against the real services: the Redis online store and the lake on S3 and on a local folder."""
 from __future__ import annotations
 
+import asyncio
+
 from datetime import date
 
 import duckdb
@@ -9,10 +11,11 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 import redis
+import redis.asyncio
 
 from sinks.lake import Lake, cleanup
 from sinks.offline import OfflineFeatureSink, read_offline
-from sinks.online import OnlineStore, features_key, read_features
+from sinks.online import VECTORS_PER_CALL, OnlineStore, features_key, read_features
 from sinks.partitioned import OffsetTrackedSink
 from tables.features.registry import FEATURE_NAMES, FEATURE_VERSION, N_FEATURES
 
@@ -76,6 +79,47 @@ def test_online_store_never_overwrites_newer_with_older(client):
     assert store.flush() == 1
     assert read_features(client, "PT00002")[1]["event_id"] == "same-time-later-event"
     assert client.ttl(features_key("PT00002")) > 100  # refreshed on write
+
+
+def test_online_store_writes_many_vectors_per_call_each_on_its_own_rule(client):
+    store = OnlineStore(client)
+    n = 2 * VECTORS_PER_CALL + 5  # three script calls, the last one partly filled
+    for i in range(0, n, 3):  # every third patient already holds a newer vector
+        store.add(f"PT{i:05d}", 5_000, "newer", vector(i))
+    store.flush()
+    for i in range(n):
+        store.add(f"PT{i:05d}", 4_000, f"e{i}", vector(1000 + i))
+    assert store.flush() == n - len(range(0, n, 3))
+    for i in range(n):
+        values, meta = read_features(client, f"PT{i:05d}")
+        expected = ("newer", vector(i)) if i % 3 == 0 else (f"e{i}", vector(1000 + i))
+        assert meta["event_id"] == expected[0] and np.array_equal(values, expected[1], equal_nan=True)
+        assert client.ttl(features_key(f"PT{i:05d}")) > 47 * 3600
+
+
+def test_online_store_async_writes_land_in_call_order_with_the_same_rules(client):
+    url = client.connection_pool.connection_kwargs
+    async_client = redis.asyncio.Redis(host=url["host"], port=url["port"], db=url["db"])
+    store = OnlineStore(client, async_client=async_client)
+    n = VECTORS_PER_CALL + 3
+    older = {f"PT{i:05d}": (1_000, f"old{i}", vector(i)) for i in range(n)}
+    newer = {f"PT{i:05d}": (2_000, f"new{i}", vector(100 + i)) for i in range(n)}
+    tie = {"PT00000": (2_000, "tie-later", vector(7))}
+
+    async def writes() -> list[int]:
+        try:  # started together: each lands after the ones started before it
+            return list(await asyncio.gather(store.write_async(older), store.write_async(newer),
+                                             store.write_async(tie), store.write_async(older)))
+        finally:
+            await async_client.aclose()
+
+    assert asyncio.run(writes()) == [n, n, 1, 0]
+    assert read_features(client, "PT00000")[1]["event_id"] == "tie-later"
+    for i in range(1, n):
+        values, meta = read_features(client, f"PT{i:05d}")
+        assert meta["event_id"] == f"new{i}" and np.array_equal(values, vector(100 + i), equal_nan=True)
+    with pytest.raises(RuntimeError, match="without an async client"):
+        asyncio.run(OnlineStore(client).write_async(older))
 
 
 def test_online_store_coalesces_to_latest_per_patient(client):
