@@ -9,8 +9,11 @@ For each worker count (default 1 and 2, each on fresh topics):
 3. p50/p99 arrival-to-Redis latency at fixed offered rates (default 500, 1,000 and 2,000 events/s), from
    the workers' `vitalstream_feature_update_latency_seconds` histograms.
 
+With `--fetch-baseline`, each worker count runs twice: with Faust's own fetch settings (1,500 ms max wait,
+1 byte minimum), then with the worker's (`VITALSTREAM_FETCH_MAX_WAIT_MS`, `VITALSTREAM_FETCH_MIN_BYTES`).
+
     python bench/stream_throughput.py [--events 100000] [--patients 1000] [--rates 500,1000,2000]
-                                      [--seconds 20] [--workers 1,2] [--lake s3|file]
+                                      [--seconds 20] [--workers 1,2] [--lake s3|file] [--fetch-baseline]
 """
 from __future__ import annotations
 
@@ -189,11 +192,13 @@ def live_latency(settings: Settings, workers: list[WorkerProcess], rate: float, 
     return p50, p99, int(diff.get(count, 0))
 
 
-def measure(base: Settings, tmp: Path, args: argparse.Namespace, n_workers: int) -> None:
+def measure(base: Settings, tmp: Path, args: argparse.Namespace, n_workers: int, label: str = "",
+            overrides: dict | None = None) -> None:
     """One configuration on fresh topics: ceiling, backlog rate, CPU, then latency at each offered rate."""
     unique = uuid.uuid4().hex[:8]
     (tmp / unique).mkdir(parents=True)
     settings = isolated_settings(base, unique, tmp / unique, partitions=args.partitions)
+    settings = settings.model_copy(update=overrides or {})
     if args.lake == "file":
         settings = settings.model_copy(update={"lake_uri": f"file://{tmp}/{unique}/lake"})
     ensure_topics(settings)
@@ -201,7 +206,7 @@ def measure(base: Settings, tmp: Path, args: argparse.Namespace, n_workers: int)
     payloads = vitals_payloads(args.events, args.patients, start_ms)
     secs = asyncio.run(produce_all(settings, payloads))
     raw = asyncio.run(raw_consume_rate(settings, args.events))
-    print(f"\n## {n_workers} worker{'s' if n_workers > 1 else ''}")
+    print(f"\n## {n_workers} worker{'s' if n_workers > 1 else ''}{label}")
     print(f"produce (aiokafka, acks=1):            {args.events / secs:>10,.0f} events/s")
     print(f"raw aiokafka consume + json parse:     {raw:>10,.0f} events/s   (ceiling)")
     workers = []
@@ -238,6 +243,8 @@ def main() -> int:
                     help="worker counts to compare, comma-separated (each on fresh topics)")
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--lake", choices=["s3", "file"], default="s3", help="the stack's S3 server or a local folder")
+    ap.add_argument("--fetch-baseline", action="store_true",
+                    help="also run each worker count with Faust's fetch settings (1,500 ms max wait, 1 byte)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="vs-bench-"))
@@ -248,7 +255,13 @@ def main() -> int:
     print(f"backlog: {args.events:,} vitals events, {args.patients:,} patients, {args.partitions} partitions, "
           f"lake {args.lake}; latency runs of {args.seconds:.0f} s")
     for n_workers in args.workers:
-        measure(base, tmp, args, n_workers)
+        if args.fetch_baseline:
+            measure(base, tmp, args, n_workers, ", Faust's fetch settings (1,500 ms max wait, 1 byte min)",
+                    {"fetch_max_wait_ms": 1500, "fetch_min_bytes": 1})
+            label = f", fetch {base.fetch_max_wait_ms} ms max wait, {base.fetch_min_bytes:,} bytes min"
+        else:
+            label = ""
+        measure(base, tmp, args, n_workers, label)
     return 0
 
 
