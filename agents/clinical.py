@@ -125,8 +125,12 @@ class _LiveState:
         hold. One completion at a time.
         """
         self.flush_online()  # acked records must have their vectors in Redis too
-        if self.inflight is not None:
-            await self.inflight  # keeps completions in order, and applies back-pressure
+        inflight = self.inflight
+        if inflight is not None:
+            waited = not inflight.done()
+            await inflight  # keeps completions in order, and applies back-pressure
+            if waited:
+                self.quiet.clear()  # nothing was taken meanwhile: restart the fetch watchdog's clocks
         sealed = self.pipeline.seal_lake()
         generation = self.store.seal()
         events, self.unacked = self.unacked, []
@@ -172,6 +176,7 @@ def _ranges(messages) -> str:  # noqa: ANN001
 
 _UNCHECKED = object()
 _RESEEK_INTERVAL_S = 5.0
+_WATCHDOG_EVERY_S = 1.0
 
 
 async def _from_committed(live: _LiveState, events: list) -> list:
@@ -358,18 +363,22 @@ async def _send_dead_letter(live: _LiveState, dead: DeadLetter) -> None:
 
 
 async def _watch_fetching(live: _LiveState) -> None:
-    """Restart fetching of an assigned partition that has records waiting but delivered none for a max idle.
+    """Restart fetching of an assigned partition that has records waiting but delivered none for a while.
 
     After a failover or restart, a partition was seen (about one run in ten) never to deliver a record:
-    assigned, active and unpaused in Faust, lagging, yet nothing arrived, so the merge let its other topics
-    go after max idle and its own records stayed behind for good. Seeking it to where it must continue
-    (past the last record delivered, else its committed offset or log start) resets both aiokafka's fetch
-    position and Faust's read offset, below which Faust drops fetched records silently. Checked every 5 s.
+    assigned, active and unpaused in Faust, lagging, yet nothing arrived. One cause, seen in a worker log: a
+    seek (Faust's to the committed offsets, or `_from_committed`'s) while Faust's fetch loop was still handing
+    over a batch fetched before it; the loop then set Faust's read offset back past the batch, and Faust drops
+    fetched records below its read offset silently. Seeking again, to where the partition must continue (past
+    the last record delivered, else its committed offset or log start), resets both aiokafka's fetch position
+    and Faust's read offset. This must happen well before the merge's max idle: past that, the merge lets the
+    partition's other topics go, and its records would arrive too late (dead-lettered as late events).
     """
     now = time.monotonic()
-    if now - live.watchdog_at < 5.0:
+    if now - live.watchdog_at < _WATCHDOG_EVERY_S:
         return
     live.watchdog_at = now
+    stall_s = min(settings.fetch_stall_s, settings.merge_max_idle_ms / 3000)
     consumer = app.consumer
     for tp in consumer.assignment():
         if topics.logical_name(settings, tp.topic) not in topics.CLINICAL_TOPICS:
@@ -383,7 +392,7 @@ async def _watch_fetching(live: _LiveState) -> None:
         if seen != next_offset:  # records were delivered since the last check
             live.quiet[tp] = (next_offset, now)
             continue
-        if (now - since) * 1000 < settings.merge_max_idle_ms:
+        if now - since < stall_s:
             continue
         log.warning("%s/%s: %d records waiting, none delivered for %.0f s (read offset %s, active=%s, paused=%s): "
                     "seeking to %d", tp.topic, tp.partition, highwater - next_offset, now - since,

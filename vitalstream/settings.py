@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     session_timeout_s: float = 10.0  # a killed worker's partitions move on after this long
     merge_grace_ms: int = 50  # wait for caught-up topics before ordering past them (agents/ordering.py)
     merge_max_idle_ms: int = 30_000  # wait at most this long for a lagging topic
+    fetch_stall_s: float = 6.0  # a lagging partition that delivers nothing this long is sought again (at most
+    # a third of the merge's max idle, so the merge never gives up on it first; agents/clinical.py)
     online_flush_ms: int = 50  # Redis write interval when caught up (coalesces a patient's vectors)
     online_flush_backlog_ms: int = 5_000  # ... and while catching up on a backlog, where latency is lag anyway
     # A fetch returns when fetch_min_bytes are waiting or after fetch_max_wait_ms (app.py). Faust hardcodes a
