@@ -61,8 +61,6 @@ class _LiveState:
         self.pending_sends: list = []  # dead-letter sends of unacked records
         self.online_writes: list[asyncio.Future] = []  # Redis writes of unacked records' vectors
         self.online_writing: asyncio.Future | None = None  # the latest Redis write handed to the writer thread
-        # After an assignment: the offset each partition must resume at (None once checked); see _from_committed.
-        self.resume: dict[TP, int | None] = {}
         self.reseeked: dict[TP, float] = {}  # when each partition was last sought back
         self.log_start: dict[TP, int] = {}  # earliest offset of each assigned clinical partition
         self.next_offset: dict[TP, int] = {}  # past the last record delivered, per partition
@@ -79,7 +77,6 @@ class _LiveState:
         self.unacked.clear()
         self.pending_sends.clear()
         self.online_writes.clear()  # still conditional writes of real vectors: harmless if they land later
-        self.resume = {}
         self.reseeked = {}
         self.next_offset = {}
         self.quiet = {}
@@ -174,53 +171,59 @@ def _ranges(messages) -> str:  # noqa: ANN001
     return " ".join(f"{t}/{p}:{lo}-{hi}" for (t, p), (lo, hi) in sorted(spans.items()))
 
 
-_UNCHECKED = object()
 _RESEEK_INTERVAL_S = 5.0
 _WATCHDOG_EVERY_S = 1.0
 
 
-async def _from_committed(live: _LiveState, events: list) -> list:
-    """Hold each partition, after an assignment, to resume exactly at its committed offset.
+async def _in_sequence(live: _LiveState, events: list) -> list:
+    """Hold every partition to deliver its records in sequence, without holes.
 
-    A worker that owned a partition, lost it in a rebalance and got it back after the new owner died was
-    seen (about one failover in ten) to resume where its own earlier fetches had stopped, not at the
-    committed offset: the records in between, dropped unacked at the revocation, were never delivered
-    again, and later commits moved past them. So until a partition's first record is the one at its
-    committed offset (or the log start, if retention deleted that), later records are dropped unacked and
-    the partition is sought back. (Records of an older generation were filtered out before, by _current.)
+    Each record must be the one right after the previous record delivered of its partition; the first after
+    an assignment, the one at the committed offset (or the log start, if nothing is committed or retention
+    deleted it). A record past that is dropped unacked and the partition sought back to where it must
+    continue. Failover stress runs showed Faust skipping records: a worker that got a partition back resumed
+    where its own earlier fetches had stopped, not at the committed offset; and a seek landing while Faust's
+    fetch loop was still handing over an older batch left Faust's read offset past records it then dropped
+    silently. Either way the records in between were never processed and later commits moved past them.
+    (Records of an older generation were filtered out before, by _current. The compacted patients topic
+    has holes by design and is not checked.)
     """
     kept = []
     for event in events:
         msg = event.message
         tp = msg.tp
-        need = live.resume.get(tp, _UNCHECKED)
-        if need is _UNCHECKED:
-            need = live.resume[tp] = _resume_offset(live, tp)
-        if need is None:
-            kept.append(event)
-        elif msg.offset <= need:
-            if msg.offset < need:  # fetched before Faust's seek to the committed offsets (seen in restarts):
-                # committed records again, i.e. duplicates to the sinks and the engine. Trust the fetch rather
-                # than drop them, in case Faust's record of the commit is the wrong one.
-                log.warning("%s/%s resumed at offset %d, before the committed offset %d Faust recorded",
-                            msg.topic, msg.partition, msg.offset, need)
-            live.resume[tp] = None  # from here on the partition's records follow in order
-            kept.append(event)
+        expected = live.next_offset.get(tp)
+        first = expected is None
+        if first:
+            expected = _resume_offset(live, tp)
+        if expected is None or msg.offset == expected:
+            pass
+        elif msg.offset < expected:
+            if not first:  # delivered already (and being processed): a second copy would be out of order
+                continue
+            # Fetched before Faust's seek to the committed offsets (seen in restarts): committed records again,
+            # i.e. duplicates to the sinks and the engine. Trust the fetch rather than drop them, in case
+            # Faust's record of the commit is the wrong one.
+            log.warning("%s/%s resumed at offset %d, before the committed offset %d Faust recorded",
+                        msg.topic, msg.partition, msg.offset, expected)
         else:
             now = time.monotonic()
             if now - live.reseeked.get(tp, -_RESEEK_INTERVAL_S) >= _RESEEK_INTERVAL_S:
-                log.warning("%s/%s resumed at offset %d, after its committed offset %d: seeking back", msg.topic,
-                            msg.partition, msg.offset, need)
+                log.warning("%s/%s delivered offset %d where %d was due (%s): seeking back", msg.topic,
+                            msg.partition, msg.offset, expected, "first after the assignment" if first else "hole")
                 metrics.RESUME_SEEKS.inc()
                 live.reseeked[tp] = now
-                await app.consumer.seek(tp, need)
+                await app.consumer.seek(tp, expected)
+            continue
+        live.next_offset[tp] = msg.offset + 1
+        kept.append(event)
     return kept
 
 
 def _resume_offset(live: _LiveState, tp: TP) -> int | None:
-    """Where tp must resume after an assignment; None: no check (nothing committed, or a compacted topic,
-    whose logs have holes)."""
-    if topics.logical_name(settings, tp.topic) == topics.PATIENTS or not app.consumer._committed_offset.get(tp):
+    """Where tp must resume after an assignment; None: not checked (the compacted patients topic, whose logs
+    have holes)."""
+    if topics.logical_name(settings, tp.topic) == topics.PATIENTS:
         return None
     return _next_offset(live, tp)
 
@@ -367,7 +370,7 @@ async def _watch_fetching(live: _LiveState) -> None:
 
     After a failover or restart, a partition was seen (about one run in ten) never to deliver a record:
     assigned, active and unpaused in Faust, lagging, yet nothing arrived. One cause, seen in a worker log: a
-    seek (Faust's to the committed offsets, or `_from_committed`'s) while Faust's fetch loop was still handing
+    seek (Faust's to the committed offsets, or `_in_sequence`'s) while Faust's fetch loop was still handing
     over a batch fetched before it; the loop then set Faust's read offset back past the batch, and Faust drops
     fetched records below its read offset silently. Seeking again, to where the partition must continue (past
     the last record delivered, else its committed offset or log start), resets both aiokafka's fetch position
@@ -477,7 +480,7 @@ async def _consume(live: _LiveState, stream) -> None:  # noqa: ANN001
     async for events in stream.noack_take(settings.batch_max_events, within=settings.batch_max_seconds):
         async with live.lock:
             current = [event for event in events if _current(live, event.message)]
-            current = await _from_committed(live, current)
+            current = await _in_sequence(live, current)
             if len(current) < len(events):
                 metrics.STALE_DROPPED.inc(len(events) - len(current))
             events = current
@@ -491,7 +494,6 @@ async def _consume(live: _LiveState, stream) -> None:  # noqa: ANN001
             now_ms = time.monotonic() * 1000  # merge timing only (see TimestampMerge)
             for event in events:
                 msg = event.message
-                live.next_offset[msg.tp] = msg.offset + 1
                 rec = RawRecord(topics.logical_name(settings, msg.topic), msg.partition, msg.offset,
                                 round(msg.timestamp * 1000), msg.key, msg.value)
                 if rec.topic in MERGE_RANK:

@@ -16,7 +16,7 @@ REDELIVERED = Counter("vitalstream_redelivered_total", "Records a sink already h
 STALE_DROPPED = Counter("vitalstream_stale_generation_dropped_total",
                         "Records fetched before a rebalance, dropped unacked (redelivered from the committed offset)")
 RESUME_SEEKS = Counter("vitalstream_resume_seeks_total",
-                       "Partitions sought back to their committed offset after resuming past it")
+                       "Partitions sought back after delivering a record past the one due (a hole, or resuming past the committed offset)")
 FETCH_RESUMED = Counter("vitalstream_fetch_resumed_total",
                         "Assigned partitions with records waiting but none delivered for a max idle, sought back")
 UPDATE_LATENCY = Histogram(
