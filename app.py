@@ -4,13 +4,18 @@ Agents live in agents/, tables in tables/; importing them registers them on `app
 """
 from __future__ import annotations
 
+import logging
+
 import faust
 from faust.sensors.monitor import Monitor
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 
+from streams import topics
 from vitalstream.settings import get_settings
 
 settings = get_settings()
+log = logging.getLogger(__name__)
 
 
 class PerBatchMonitor(Monitor):
@@ -40,7 +45,7 @@ class PerBatchMonitor(Monitor):
     def on_table_del(self, table, key):  # noqa: ANN001, ANN201
         pass
 
-class LowLatencyConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+class VitalStreamConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """Faust's consumer with a configurable fetch max wait (Faust hardcodes 1,500 ms) and minimum size.
 
     aiokafka keeps one fetch request in flight per broker, for the partitions with nothing buffered. When
@@ -56,13 +61,31 @@ class LowLatencyConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
 
-class LowLatencyConsumer(faust_aiokafka.Consumer):
-    def _new_consumer_thread(self) -> LowLatencyConsumerThread:
-        return LowLatencyConsumerThread(self, loop=self.loop, beacon=self.beacon)
+class VitalStreamConsumer(faust_aiokafka.Consumer):
+    """Faust's consumer with the fetch settings above, and no commits past records it skipped.
+
+    When Faust's fetch loop sees a partition's offsets jump, it records the offsets in between as a "gap"
+    and counts them as done, so its next commit moves past them. Only the compacted patients topic has real
+    holes. Elsewhere a jump means Faust skipped records (failover stress runs showed it); the agent seeks
+    back and redelivers them (agents/clinical.py: _in_sequence), and a commit past them would lose them if
+    the worker died first.
+    """
+
+    _compacted = topics.kafka_name(settings, topics.PATIENTS)
+
+    def _new_consumer_thread(self) -> VitalStreamConsumerThread:
+        return VitalStreamConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        if tp.topic != self._compacted:
+            log.warning("%s/%s: offsets %d-%d skipped by the fetch; not counting them as done", tp.topic,
+                        tp.partition, offset_from, offset_to)
+            return
+        await super()._add_gap(tp, offset_from, offset_to)
 
 
 class KafkaTransport(faust_aiokafka.Transport):
-    Consumer = LowLatencyConsumer
+    Consumer = VitalStreamConsumer
 
 
 class VitalStreamApp(faust.App):
