@@ -60,7 +60,7 @@ class _LiveState:
         self.stale_generation: int | None = None  # the consumer generation the last rebalance ended
         self.pending_sends: list = []  # dead-letter sends of unacked records
         self.online_writes: list[asyncio.Future] = []  # Redis writes of unacked records' vectors
-        self.online_writing: asyncio.Future | None = None  # the latest Redis write handed to the writer thread
+        self.online_writing: asyncio.Future | None = None  # the latest Redis write started
         self.reseeked: dict[TP, float] = {}  # when each partition was last sought back
         self.log_start: dict[TP, int] = {}  # earliest offset of each assigned clinical partition
         self.next_offset: dict[TP, int] = {}  # past the last record delivered, per partition

@@ -25,9 +25,9 @@ TTL_SECONDS = 48 * 3600
 # and the features as one MessagePack stream of name/float64 pairs. cmsgpack (built into Redis) unpacks it in
 # C straight into HSET's arguments, and Redis writes each float as %.17g text, which reads back to the same
 # float64 (NaN as "nan"). Sending ~380 separate arguments instead cost ~130 us per vector in redis-py's
-# packing, and parsing text in Lua ~115 us in the server. Many vectors go in one call: one reply per call
-# means one socket read, and a writer thread re-taking the GIL from a busy event loop per reply waited about
-# 1 ms per vector. (Keys of one call must share a hash slot on Redis Cluster; this targets one Redis.)
+# packing, and parsing text in Lua ~115 us in the server. Many vectors go in one call: one command and one
+# reply per call rather than per vector. (Keys of one call must share a hash slot on Redis Cluster; this
+# targets one Redis.)
 _WRITE_IF_NEWER = """
 local written = 0
 for i = 1, #KEYS do
