@@ -71,13 +71,11 @@ class VitalStreamConsumer(faust_aiokafka.Consumer):
     the worker died first.
     """
 
-    _compacted = topics.kafka_name(settings, topics.PATIENTS)
-
     def _new_consumer_thread(self) -> VitalStreamConsumerThread:
         return VitalStreamConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
-        if tp.topic != self._compacted:
+        if not topics.has_offset_holes(settings, tp.topic):
             log.warning("%s/%s: offsets %d-%d skipped by the fetch; not counting them as done", tp.topic,
                         tp.partition, offset_from, offset_to)
             return

@@ -18,7 +18,7 @@ STALE_DROPPED = Counter("vitalstream_stale_generation_dropped_total",
 RESUME_SEEKS = Counter("vitalstream_resume_seeks_total",
                        "Partitions sought back after delivering a record past the one due (a hole, or resuming past the committed offset)")
 FETCH_RESUMED = Counter("vitalstream_fetch_resumed_total",
-                        "Assigned partitions with records waiting but none delivered for a max idle, sought back")
+                        "Assigned partitions with records waiting but none delivered for VITALSTREAM_FETCH_STALL_S, sought back")
 UPDATE_LATENCY = Histogram(
     "vitalstream_feature_update_latency_seconds",
     "From a record's arrival in Kafka to its feature vector's Redis write",

@@ -119,7 +119,7 @@ class OffsetTrackedSink:
         off the event loop.
         """
         with self._recovering:  # the assignment's recovery (a thread) and a first record's may overlap
-            self._recover_locked({tp for tp in tps if tp not in self._watermarks})
+            self._recover_locked(set(tps))
 
     def _recover_locked(self, todo: set[TopicPartition]) -> None:
         todo = {tp for tp in todo if tp not in self._watermarks}

@@ -33,6 +33,15 @@ def logical_name(settings: Settings, kafka_topic: str) -> str:
     return kafka_topic[len(prefix):] if prefix and kafka_topic.startswith(prefix) else kafka_topic
 
 
+# Compacted topics: their logs have holes in the offsets by design (all others are contiguous).
+COMPACTED: frozenset[str] = frozenset({PATIENTS})
+
+
+def has_offset_holes(settings: Settings, kafka_topic: str) -> bool:
+    """True for a compacted topic, whose offsets have holes; elsewhere a hole means records were skipped."""
+    return logical_name(settings, kafka_topic) in COMPACTED
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     name: str
