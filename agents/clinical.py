@@ -117,7 +117,7 @@ class _LiveState:
         """Seal what is buffered and complete it in the background while processing goes on.
 
         Completion writes the lake objects, waits for the batch's Redis writes, then writes the
-        table state, then flushes the producer (changelog and dead letters acknowledged), and
+        table state (RocksDB and changelog), then flushes the producer (dead letters acknowledged), and
         only then acks the records, so the committed offset never passes data the sinks do not
         hold. One completion at a time.
         """
@@ -150,10 +150,10 @@ class _LiveState:
             # Redis, like the lake, must hold the batch before its state is written: from then on its records
             # are duplicates to a worker that redoes them, and would not write their vectors again.
             await asyncio.gather(*online_writes)
-            # In write_rank order, so a crash part-way through leaves a state that redoing the batch repairs.
-            for _ in self.store.apply_steps(generation):
-                await asyncio.sleep(0)  # thousands of table sets (each a changelog send): let fetches in between
-            await app.producer.flush()
+            # In write_rank order, so a crash part-way through leaves a state that redoing the batch repairs;
+            # returns once the changelog holds it.
+            await self.store.apply_async(generation)
+            await app.producer.flush()  # dead letters
             await asyncio.gather(*sends)  # a dead letter that failed to send must not be acked away
             for event in events:
                 await self.stream.ack(event)

@@ -1,0 +1,106 @@
+"""streams/delivery.py: Faust's per-record wait_first, with the record's callback run inline first."""
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+import pytest
+from mode import Service
+
+from streams.delivery import wait_first_eagerly
+
+
+async def _service() -> Service:
+    service = Service()
+    await service.start()
+    return service
+
+
+def test_callback_that_does_not_suspend_wins_without_starting_the_others() -> None:
+    async def main() -> None:
+        service = await _service()
+        delivered, waited = [], []
+
+        async def on_message() -> str:
+            delivered.append(1)
+            return "done"
+
+        async def suspend_flow() -> None:
+            waited.append(1)
+            await asyncio.Event().wait()
+
+        other = suspend_flow()
+        result = await wait_first_eagerly(service.wait_first, on_message(), other)
+        assert (result.results, result.stopped, delivered, waited) == (["done"], False, [1], [])
+        # never started, and closed (not left to warn "never awaited"); no task was left behind for it
+        assert inspect.getcoroutinestate(other) == inspect.CORO_CLOSED
+        assert asyncio.all_tasks() == {asyncio.current_task()} | set(service._futures)
+        await service.stop()
+
+    asyncio.run(main())
+
+
+def test_callback_that_suspends_goes_on_as_a_task_until_it_finishes() -> None:
+    async def main() -> None:
+        service = await _service()
+        gate = asyncio.get_running_loop().create_future()
+        steps = []
+
+        async def on_message() -> int:
+            steps.append("start")
+            await asyncio.sleep(0)  # a bare yield to the loop
+            value = await gate  # a real suspension on a future
+            steps.append("end")
+            return value
+
+        waiter = asyncio.create_task(wait_first_eagerly(service.wait_first, on_message(), asyncio.Event().wait()))
+        await asyncio.sleep(0.01)
+        assert steps == ["start"] and not waiter.done()
+        gate.set_result(7)
+        result = await asyncio.wait_for(waiter, 5)
+        assert (result.results, steps) == ([7], ["start", "end"])
+        await service.stop()
+
+    asyncio.run(main())
+
+
+def test_suspended_callback_is_cancelled_when_the_other_awaitable_wins() -> None:
+    async def main() -> None:
+        service = await _service()
+        suspend = asyncio.Event()
+        cleaned_up = []
+
+        async def on_message() -> None:
+            try:
+                await asyncio.Event().wait()  # a full queue that never drains
+            finally:
+                cleaned_up.append(True)
+
+        waiter = asyncio.create_task(wait_first_eagerly(service.wait_first, on_message(), suspend.wait()))
+        await asyncio.sleep(0.01)
+        suspend.set()  # e.g. a rebalance suspending the flow
+        result = await asyncio.wait_for(waiter, 5)
+        assert result.results == [True] and cleaned_up == [True]
+        await service.stop()
+
+    asyncio.run(main())
+
+
+def test_errors_of_the_callback_propagate_whether_or_not_it_suspended() -> None:
+    async def main() -> None:
+        service = await _service()
+
+        async def fails_at_once() -> None:
+            raise ValueError("bad record")
+
+        async def fails_later() -> None:
+            await asyncio.sleep(0)
+            raise KeyError("later")
+
+        with pytest.raises(ValueError, match="bad record"):
+            await wait_first_eagerly(service.wait_first, fails_at_once(), asyncio.Event().wait())
+        with pytest.raises(KeyError, match="later"):
+            await wait_first_eagerly(service.wait_first, fails_later(), asyncio.Event().wait())
+        await service.stop()
+
+    asyncio.run(main())
