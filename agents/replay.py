@@ -36,7 +36,8 @@ import orjson
 from agents.ordering import MERGE_RANK, merge_order
 from agents.pipeline import Pipeline, RawRecord
 from sinks import offline as offline_store
-from sinks.lake import DAY_MS, Lake, utc_day
+from sinks.lake import Lake, utc_day
+from streams.timestamps import DAY_MS
 from sinks.online import MemoryOnlineStore, OnlineStore
 from sinks.partitioned import parse_tp_key, tp_key
 from streams import topics

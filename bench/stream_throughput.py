@@ -70,14 +70,14 @@ async def produce_all(settings: Settings, payloads, rate: float | None = None) -
         futures = []
         for i, (key, value, ts) in enumerate(payloads):
             if rate:
-                due = t0 + i / rate
-                delay = due - time.perf_counter()
-                if delay > 0:
+                # The load generator shares the machine with the worker: wake up at most every 2 ms (sending
+                # what is due) rather than per event, and restamp the payload's fixed-width timestamp in place.
+                delay = t0 + i / rate - time.perf_counter()
+                if delay > 0.002:
                     await asyncio.sleep(delay)
+                old_ts = iso_ms(ts).encode()
                 ts = int(time.time() * 1000)  # live: measured now, received now
-                rec = orjson.loads(value)
-                rec["timestamp"] = iso_ms(ts)
-                value = orjson.dumps(rec)
+                value = value.replace(old_ts, iso_ms(ts).encode(), 1)
             futures.append(await producer.send(topics.kafka_name(settings, topics.VITALS), value, key=key,
                                                timestamp_ms=ts))
             if len(futures) >= 5000:

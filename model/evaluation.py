@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
-HOUR_MS = 3_600_000
+from streams.timestamps import HOUR_MS
+
 HORIZON_MS = 24 * HOUR_MS
 DEFAULT_ALERT_RATES: dict[str, float] = {"HIGH": 0.05, "MEDIUM": 0.20}
 LEVELS = ("LOW", "MEDIUM", "HIGH")

@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.random import PCG64, Generator, SeedSequence
 
+from streams.timestamps import DAY_MS, HOUR_MS
 from streams.vocab import ADVERSE_EVENT_TYPES, COMORBIDITIES, LAB_TESTS, SITES, TRIAL_ARMS
 
 from .config import SimulationConfig
 
-HOUR_MS = 3_600_000
-DAY_MS = 24 * HOUR_MS
 MAX_PATIENT_NUMBER = 99_999  # ids are PT + 5 digits
 
 # Independent random streams per patient (SeedSequence spawn keys).

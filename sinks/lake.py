@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
+from streams.timestamps import DAY_MS
 from vitalstream.settings import Settings
 
 _DATE_DIR = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
@@ -92,7 +93,6 @@ class Lake:
         return sorted(out, key=lambda o: o.path)
 
 
-DAY_MS = 86_400_000
 
 
 def utc_day(ts_ms: int) -> str:

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+
 # Hot path (simulator, online store): avoid a datetime per record.
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DAY_PREFIX: dict[int, str] = {}

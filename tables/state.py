@@ -31,7 +31,8 @@ import numpy as np
 from streams.events import CleanAdverseEvent, CleanLab, CleanMedication, CleanPatientEvent, CleanVitals
 from streams.vocab import COMORBIDITIES, CONSCIOUSNESS_LEVELS, DRUGS, LAB_TESTS, TRIAL_ARMS, VITAL_SIGNALS
 
-from tables.features.context import DAY_MS, demo_block, lab_block, med_block
+from streams.timestamps import DAY_MS
+from tables.features.context import demo_block, lab_block, med_block
 from tables.features.news2 import news2_vector
 from tables.features.registry import (
     FEATURE_INDEX,

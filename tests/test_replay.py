@@ -6,7 +6,8 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from agents.replay import DAY_MS, ReplayError, plan_replay, run_replay
+from agents.replay import ReplayError, plan_replay, run_replay
+from streams.timestamps import DAY_MS
 from sinks.lake import Lake
 from sinks.offline import MANIFEST, PREFIX
 from sinks.online import read_features

@@ -10,11 +10,11 @@ from __future__ import annotations
 from math import inf, nan
 from typing import Any, Sequence
 
+from streams.timestamps import DAY_MS
 from streams.vocab import COMORBIDITIES, DRUGS, INTERACTING_DRUG_PAIRS, LAB_TESTS, TRIAL_ARMS
 
-from .registry import HOUR_MS, RECALL_MS, STUDY_DRUG
+from .registry import RECALL_MS, STUDY_DRUG
 
-DAY_MS = 24 * HOUR_MS
 LAB_POS = {test: i for i, test in enumerate(LAB_TESTS)}
 DRUG_POS = {drug: i for i, drug in enumerate(DRUGS)}
 _PAIRS = tuple((DRUG_POS[a], DRUG_POS[b]) for a, b in INTERACTING_DRUG_PAIRS)

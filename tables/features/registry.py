@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+from streams.timestamps import HOUR_MS
 from streams.vocab import (
     COMORBIDITIES,
     DRUGS,
@@ -24,7 +25,6 @@ from streams.vocab import (
 # Bump when the meaning of an existing feature changes without a name change.
 DEFINITIONS_VERSION = "2"  # 2: latest-lab and hours-since features recall at most RECALL_MS
 
-HOUR_MS = 3_600_000
 WINDOWS: tuple[tuple[str, int], ...] = (("1h", HOUR_MS), ("6h", 6 * HOUR_MS), ("24h", 24 * HOUR_MS))
 ROLLING_STATS: tuple[str, ...] = ("mean", "std", "min", "max", "trend", "count")
 LATEST_HORIZON_MS = 24 * HOUR_MS
