@@ -15,7 +15,6 @@ import logging
 import os
 import time
 
-import redis
 import redis.asyncio
 from faust.types import TP
 from prometheus_client import start_http_server
@@ -46,7 +45,7 @@ class _LiveState:
     """What the agent holds between micro-batches; shared with the idle-flush timer."""
 
     def __init__(self) -> None:
-        self.store = FaustTableStore(feature_state)
+        self.store = FaustTableStore(feature_state, batched=not settings.faust_per_record_paths)
         self.pipeline = build_pipeline(self.store)
         self.unacked: list = []
         self.merge = TimestampMerge(settings.merge_grace_ms, settings.merge_max_idle_ms)
@@ -250,14 +249,13 @@ def _highwater(tp: TP) -> int | None:
 _live: _LiveState | None = None
 
 
-# One pair of clients for the worker's life; the async one connects on first use, on the worker's event loop.
-_REDIS = redis.Redis.from_url(settings.redis_url)
-_REDIS_ASYNC = redis.asyncio.Redis.from_url(settings.redis_url)
+# One client for the worker's life; it connects on first use, on the worker's event loop.
+_REDIS = redis.asyncio.Redis.from_url(settings.redis_url)
 
 
 def build_pipeline(store: FaustTableStore) -> Pipeline:
     return Pipeline(lake=Lake.from_settings(settings), store=store,
-                    online=OnlineStore(_REDIS, async_client=_REDIS_ASYNC),
+                    online=OnlineStore(async_client=_REDIS),
                     allowed_lateness_ms=settings.allowed_lateness_ms)
 
 
@@ -323,7 +321,21 @@ def _caught_up(topic: str, partition: int) -> bool:
     return highwater is not None and _next_offset(_live, tp) >= highwater
 
 
-@app.timer(interval=0.05)
+# Often enough that a record waits at most about 1.5 grace periods in the merge and Redis is written about on
+# time (a tick with nothing due costs a few tens of microseconds).
+_TICK_S = max(min(settings.merge_grace_ms, settings.online_flush_ms), 10) / 2000
+
+
+@app.task
+async def _ticker() -> None:
+    """Every _TICK_S after the previous tick's work ended. (Not Faust's app.timer: a tick that waits for the
+    previous batch to complete, which is back-pressure by design, made it warn "overlapping" many times a
+    second under load.)"""
+    while not app.should_stop:
+        await asyncio.sleep(_TICK_S)
+        await _on_tick()
+
+
 async def _on_tick() -> None:
     # noack_take yields only when records arrive: release records that waited out their grace, and flush a
     # quiet stream's tail, from here.

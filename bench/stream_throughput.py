@@ -9,11 +9,17 @@ For each worker count (default 1 and 2, each on fresh topics):
 3. p50/p99 arrival-to-Redis latency at fixed offered rates (default 500, 1,000 and 2,000 events/s), from
    the workers' `vitalstream_feature_update_latency_seconds` histograms.
 
-With `--fetch-baseline`, each worker count runs twice: with Faust's own fetch settings (1,500 ms max wait,
-1 byte minimum), then with the worker's (`VITALSTREAM_FETCH_MAX_WAIT_MS`, `VITALSTREAM_FETCH_MIN_BYTES`).
+Baselines, each run first on its own fresh topics, then the worker as configured:
+- `--fetch-baseline`: Faust's own fetch settings (1,500 ms max wait, 1 byte minimum) instead of the worker's
+  (`VITALSTREAM_FETCH_MAX_WAIT_MS`, `VITALSTREAM_FETCH_MIN_BYTES`);
+- `--faust-baseline`: Faust's per-record delivery and per-key table writes instead of the worker's inline
+  delivery and batched changelog writes (`VITALSTREAM_FAUST_PER_RECORD_PATHS`);
+- `--waits-baseline MS`: the deliberate waits (fetch max wait, micro-batch, merge grace, Redis interval) at
+  MS milliseconds each instead of the configured ones.
 
     python bench/stream_throughput.py [--events 100000] [--patients 1000] [--rates 500,1000,2000]
                                       [--seconds 20] [--workers 1,2] [--lake s3|file] [--fetch-baseline]
+                                      [--faust-baseline] [--waits-baseline 50]
 """
 from __future__ import annotations
 
@@ -245,6 +251,10 @@ def main() -> int:
     ap.add_argument("--lake", choices=["s3", "file"], default="s3", help="the stack's S3 server or a local folder")
     ap.add_argument("--fetch-baseline", action="store_true",
                     help="also run each worker count with Faust's fetch settings (1,500 ms max wait, 1 byte)")
+    ap.add_argument("--faust-baseline", action="store_true",
+                    help="also run each worker count with Faust's per-record delivery and per-key table writes")
+    ap.add_argument("--waits-baseline", type=int, metavar="MS",
+                    help="also run each worker count with every deliberate wait at MS milliseconds")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="vs-bench-"))
@@ -254,13 +264,24 @@ def main() -> int:
           f"cores, python {platform.python_version()}, load {load:.1f}")
     print(f"backlog: {args.events:,} vitals events, {args.patients:,} patients, {args.partitions} partitions, "
           f"lake {args.lake}; latency runs of {args.seconds:.0f} s")
+    baselines = []
+    if args.fetch_baseline:
+        baselines.append((", Faust's fetch settings (1,500 ms max wait, 1 byte min)",
+                          {"fetch_max_wait_ms": 1500, "fetch_min_bytes": 1}))
+    if args.faust_baseline:
+        baselines.append((", Faust's per-record delivery and per-key table writes",
+                          {"faust_per_record_paths": True}))
+    if args.waits_baseline is not None:
+        ms = args.waits_baseline
+        baselines.append((f", waits of {ms} ms", {"fetch_max_wait_ms": ms, "batch_max_seconds": ms / 1000,
+                                                  "merge_grace_ms": ms, "online_flush_ms": ms}))
+    label = ""
+    if baselines:
+        label = (f", as configured (fetch {base.fetch_max_wait_ms} ms max wait, {base.fetch_min_bytes:,} bytes min; "
+                 f"waits {base.merge_grace_ms} ms; inline delivery, batched changelog)")
     for n_workers in args.workers:
-        if args.fetch_baseline:
-            measure(base, tmp, args, n_workers, ", Faust's fetch settings (1,500 ms max wait, 1 byte min)",
-                    {"fetch_max_wait_ms": 1500, "fetch_min_bytes": 1})
-            label = f", fetch {base.fetch_max_wait_ms} ms max wait, {base.fetch_min_bytes:,} bytes min"
-        else:
-            label = ""
+        for baseline_label, overrides in baselines:
+            measure(base, tmp, args, n_workers, baseline_label, overrides)
         measure(base, tmp, args, n_workers, label)
     return 0
 

@@ -131,12 +131,14 @@ class MemoryOnlineStore(_Coalescing):
 class OnlineStore(_Coalescing):
     """Redis writes, from a thread (`write`) or from an event loop (`write_async`, no thread hand-offs)."""
 
-    def __init__(self, client: redis.Redis, ttl_seconds: int = TTL_SECONDS,
+    def __init__(self, client: redis.Redis | None = None, ttl_seconds: int = TTL_SECONDS,
                  async_client: redis.asyncio.Redis | None = None) -> None:
         super().__init__()
+        if client is None and async_client is None:
+            raise ValueError("an OnlineStore needs a Redis client, sync or async")
         self.client = client
         self.ttl_seconds = ttl_seconds
-        self._script = client.register_script(_WRITE_IF_NEWER)
+        self._script = client.register_script(_WRITE_IF_NEWER) if client is not None else None
         self._async_client = async_client
         self._async_script = async_client.register_script(_WRITE_IF_NEWER) if async_client is not None else None
         self._async_order: asyncio.Lock | None = None
@@ -157,6 +159,8 @@ class OnlineStore(_Coalescing):
 
     def write(self, pending: Pending) -> int:
         """Write vectors in one pipeline of script calls; returns how many were newer and written. Thread-safe."""
+        if self.client is None:
+            raise RuntimeError("this OnlineStore was made without a sync client")
         if not pending:
             return 0
         pipe = self.client.pipeline(transaction=False)

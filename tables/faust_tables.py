@@ -48,8 +48,10 @@ class FaustTableStore:
     write of a key, whether current, sealed or in the table.
     """
 
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Any, batched: bool = True) -> None:
+        """batched: write a RocksDB Faust table with ChangelogWriter (else per key, as other tables)."""
         self.table = table
+        self.batched = batched
         self._event: Any = None
         self._current: dict[int, dict[str, Any]] = {}
         self._events: dict[int, Any] = {}
@@ -122,7 +124,7 @@ class FaustTableStore:
     async def apply_async(self, generation: tuple[dict[int, dict[str, Any]], dict[int, Any]]) -> int:
         """`apply` from the event loop, returning once the changelog holds the writes. Reads see the
         generation until then."""
-        writer = ChangelogWriter.of(self.table)
+        writer = ChangelogWriter.of(self.table) if self.batched else None
         if writer is None:
             n = 0
             for written in self.apply_steps(generation):

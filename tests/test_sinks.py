@@ -120,6 +120,10 @@ def test_online_store_async_writes_land_in_call_order_with_the_same_rules(client
         assert meta["event_id"] == f"new{i}" and np.array_equal(values, vector(100 + i), equal_nan=True)
     with pytest.raises(RuntimeError, match="without an async client"):
         asyncio.run(OnlineStore(client).write_async(older))
+    with pytest.raises(RuntimeError, match="without a sync client"):  # the worker's store: async only
+        OnlineStore(async_client=redis.asyncio.Redis()).write(older)  # (never connects)
+    with pytest.raises(ValueError, match="needs a Redis client"):
+        OnlineStore()
 
 
 def test_online_store_coalesces_to_latest_per_patient(client):

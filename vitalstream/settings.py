@@ -65,19 +65,23 @@ class Settings(BaseSettings):
     flush_max_rows: int = 5_000  # lake (bronze/silver/offline) flush: whichever comes first
     flush_max_seconds: float = 2.0
     session_timeout_s: float = 10.0  # a killed worker's partitions move on after this long
-    merge_grace_ms: int = 50  # wait for caught-up topics before ordering past them (agents/ordering.py)
+    merge_grace_ms: int = 25  # wait for caught-up topics before ordering past them (agents/ordering.py)
     merge_max_idle_ms: int = 30_000  # wait at most this long for a lagging topic
     fetch_stall_s: float = 6.0  # a lagging partition that delivers nothing this long is sought again (at most
     # a third of the merge's max idle, so the merge never gives up on it first; agents/clinical.py)
-    online_flush_ms: int = 50  # Redis write interval when caught up (coalesces a patient's vectors)
+    online_flush_ms: int = 25  # Redis write interval when caught up (coalesces a patient's vectors)
     online_flush_backlog_ms: int = 5_000  # ... and while catching up on a backlog, where latency is lag anyway
     # A fetch returns when fetch_min_bytes are waiting or after fetch_max_wait_ms (app.py). Faust hardcodes a
     # 1.5 s wait, which added up to 1.5 s of latency; a minimum of one byte meant a fetch per record or two
-    # at live rates, each decoded in Python. 64 KiB or 50 ms: few fetches, at most 50 ms added.
+    # at live rates, each decoded in Python. 64 KiB or 25 ms: few fetches, at most 25 ms added.
     fetch_min_bytes: int = 65_536
-    fetch_max_wait_ms: int = 50
+    fetch_max_wait_ms: int = 25
     batch_max_events: int = 1_000  # micro-batch of the agent; Redis is written once per batch
-    batch_max_seconds: float = 0.05
+    batch_max_seconds: float = 0.025
+    # Benchmark baseline only (bench/stream_throughput.py --faust-baseline): Faust's own per-record delivery
+    # (four tasks per record) and per-key table writes, instead of the worker's inline delivery and batched
+    # changelog writes.
+    faust_per_record_paths: bool = False
     worker_data_dir: Path | None = None  # RocksDB tables; default {stack_dir}/worker-data
 
     # --- training and the model registry ----------------------------------------
