@@ -131,6 +131,11 @@ def quantile_from_histogram(metrics: dict[str, float], base: str, q: float) -> f
     return float("inf")
 
 
+def _ms(value: float) -> str:
+    """A latency quantile for the report; past the histogram's last bucket (30 s) only a bound is known."""
+    return f"{value:7.1f}" if value != float("inf") else "  > 30 s"
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -232,7 +237,7 @@ def measure(base: Settings, tmp: Path, args: argparse.Namespace, n_workers: int,
         wait_redis_quiet(settings, workers)
         for offered in args.rates:
             p50, p99, n = live_latency(settings, workers, offered, args.seconds, args.patients)
-            print(f"arrival->Redis latency at {offered:>5,.0f}/s:  p50 {p50:7.1f} ms   p99 {p99:7.1f} ms   ({n:,} events)")
+            print(f"arrival->Redis latency at {offered:>5,.0f}/s:  p50 {_ms(p50)} ms   p99 {_ms(p99)} ms   ({n:,} events)")
     finally:
         for w in workers:
             w.stop()
