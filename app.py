@@ -5,7 +5,7 @@ Agents live in agents/, tables in tables/; importing them registers them on `app
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import faust
 from mode.services import WaitResults
@@ -96,7 +96,16 @@ class KafkaTransport(faust_aiokafka.Transport):
     Consumer = VitalStreamConsumer
 
 
+# Coroutine functions awaited when the worker stops, before Faust stops the consumer, tables and producer.
+before_stop: list[Callable[[], Awaitable[None]]] = []
+
+
 class VitalStreamApp(faust.App):
+    async def on_stop(self) -> None:
+        for finish in before_stop:
+            await finish()
+        await super().on_stop()
+
     def _new_transport(self) -> KafkaTransport:
         return KafkaTransport(self.conf.broker_consumer, self)
 

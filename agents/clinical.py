@@ -22,7 +22,7 @@ from prometheus_client import start_http_server
 from agents import metrics
 from agents.ordering import MERGE_RANK, TimestampMerge
 from agents.pipeline import DeadLetter, Pipeline, RawRecord
-from app import app, settings
+from app import app, before_stop, settings
 from sinks.lake import Lake
 from sinks.online import OnlineStore
 from streams import topics
@@ -124,7 +124,9 @@ class _LiveState:
         inflight = self.inflight
         if inflight is not None:
             waited = not inflight.done()
-            await inflight  # keeps completions in order, and applies back-pressure
+            # Keeps completions in order and applies back-pressure. Shielded: cancelling the waiter (the ticker
+            # at shutdown) must not abandon a batch half-written.
+            await asyncio.shield(inflight)
             if waited:
                 self.quiet.clear()  # nothing was taken meanwhile: restart the fetch watchdog's clocks
         sealed = self.pipeline.seal_lake()
@@ -259,6 +261,20 @@ def build_pipeline(store: FaustTableStore) -> Pipeline:
                     allowed_lateness_ms=settings.allowed_lateness_ms)
 
 
+async def _finish_batch_in_flight() -> None:
+    """On stop: let the batch being completed finish (lake, Redis, state, acks) before Faust stops the tables
+    and the producer under it. Anything not acked is redone from the committed offsets anyway."""
+    live = _live
+    if live is not None and live.inflight is not None and not live.inflight.done():
+        try:
+            await asyncio.wait_for(asyncio.shield(live.inflight), settings.session_timeout_s)
+        except asyncio.TimeoutError:
+            log.warning("stopping before the batch in flight completed; it is redone from the committed offsets")
+
+
+before_stop.append(_finish_batch_in_flight)
+
+
 @app.on_partitions_revoked.connect
 async def _on_revoked(app_, revoked, **kwargs) -> None:  # noqa: ANN001
     # Faust seeks kept partitions back to their committed offsets after a rebalance, so uncommitted work
@@ -274,7 +290,7 @@ async def _on_revoked(app_, revoked, **kwargs) -> None:  # noqa: ANN001
     live.stale_generation = app.consumer_generation_id
     async with live.lock:
         if live.inflight is not None:
-            await live.inflight
+            await asyncio.shield(live.inflight)
         live.reset()
 
 
@@ -333,6 +349,8 @@ async def _ticker() -> None:
     second under load.)"""
     while not app.should_stop:
         await asyncio.sleep(_TICK_S)
+        if app.should_stop:  # stopping while asleep: the tables and producer are going away
+            break
         await _on_tick()
 
 

@@ -12,7 +12,11 @@ async def wait_first_eagerly(wait_first: Any, *coros: Any, timeout: Any = None) 
 
     Almost always it finishes without suspending (Faust's on_message with room in the stream's queue); then
     it won, and the others were never started. Only if it suspends does it go on, as a task, racing the
-    others in `wait_first` as before (e.g. a full queue against a rebalance suspending the flow)."""
+    others in `wait_first` as before (e.g. a full queue against a rebalance suspending the flow).
+
+    Until it first suspends, the first coroutine runs in the caller's task: `asyncio.current_task()`,
+    `asyncio.timeout()` and context variables it sets belong to the caller. Faust's `on_message` uses none of
+    them; other coroutines passed here must not either."""
     if timeout is None and coros and asyncio.iscoroutine(coros[0]):
         first, others = coros[0], coros[1:]
         try:

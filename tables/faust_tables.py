@@ -130,9 +130,12 @@ class FaustTableStore:
             for written in self.apply_steps(generation):
                 n += written
                 await asyncio.sleep(0)
+            producer = getattr(getattr(self.table, "app", None), "producer", None)
+            if producer is not None:
+                await producer.flush()  # Faust's per-key sends were only queued
             return n
-        writes, _ = generation
-        n = sum([await writer.write(p, ordered) for p, ordered in _in_write_order(writes)])
+        writes, events = generation
+        n = sum([await writer.write(p, ordered, events[p].message.topic) for p, ordered in _in_write_order(writes)])
         await writer.delivered()
         self._retire(generation)
         return n
@@ -177,14 +180,21 @@ class ChangelogWriter:
 
     @classmethod
     def of(cls, table: Any) -> "ChangelogWriter | None":
-        """The writer of a changelogged RocksDB Faust table; None for anything else."""
+        """The writer of a plain changelogged RocksDB Faust table, partitioned like its source topics, written
+        outside transactions and with acknowledged sends (it needs the offsets); None for anything else."""
         store = getattr(table, "data", None)
         if getattr(table, "changelog_topic", None) is None or not hasattr(store, "_db_for_partition"):
             return None
+        app = table.app
+        if (table.use_partitioner or table.is_global or app.in_transaction or app.conf.producer_acks == 0
+                or table.window is not None):  # windowed tables also track key expiry per write
+            return None
         return cls(table)
 
-    async def write(self, partition: int, ordered: list[tuple[str, Any]]) -> int:
-        """Put the writes into RocksDB and queue them for the changelog; `delivered` waits for the latter."""
+    async def write(self, partition: int, ordered: list[tuple[str, Any]], source_topic: str) -> int:
+        """Put the writes into RocksDB and queue them for the changelog; `delivered` waits for the latter.
+        source_topic: the topic of the records behind them (its partition count must match the table's)."""
+        self.table._verify_source_topic_partitions(source_topic)  # as Faust does on a table's first write
         store = self.store
         db = store._db_for_partition(partition)
         key_index = store._key_index
@@ -215,6 +225,7 @@ class ChangelogWriter:
         return n
 
     async def _send(self, producer: Any, batch: Any, partition: int, records: int) -> None:
+        batch.close()  # else aiokafka may append other sends to this partition to it, and `records` would be short
         future = await producer.send_batch(batch, self.topic, partition=partition)
         self._pending.append((future, partition, records))
 

@@ -104,3 +104,50 @@ def test_errors_of_the_callback_propagate_whether_or_not_it_suspended() -> None:
         await service.stop()
 
     asyncio.run(main())
+
+
+def test_callback_suspended_on_a_future_gets_its_result_or_its_exception() -> None:
+    async def main() -> None:
+        service = await _service()
+        loop = asyncio.get_running_loop()
+
+        async def on_message(gate: asyncio.Future) -> str:
+            return await gate  # the first thing it yields is the future itself
+
+        ok, failing = loop.create_future(), loop.create_future()
+        waiters = [asyncio.create_task(wait_first_eagerly(service.wait_first, on_message(f), asyncio.Event().wait()))
+                   for f in (ok, failing)]
+        await asyncio.sleep(0.01)
+        assert not any(w.done() for w in waiters)
+        ok.set_result("value")
+        failing.set_exception(LookupError("broker gone"))
+        assert (await asyncio.wait_for(waiters[0], 5)).results == ["value"]
+        with pytest.raises(LookupError, match="broker gone"):
+            await asyncio.wait_for(waiters[1], 5)
+        await service.stop()
+
+    asyncio.run(main())
+
+
+def test_cancelling_the_waiter_cancels_a_suspended_callback() -> None:
+    async def main() -> None:
+        service = await _service()
+        cancelled = []
+
+        async def on_message() -> None:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.append(True)
+                raise
+
+        waiter = asyncio.create_task(wait_first_eagerly(service.wait_first, on_message(), asyncio.Event().wait()))
+        await asyncio.sleep(0.01)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        await asyncio.sleep(0)
+        assert cancelled == [True]
+        await service.stop()
+
+    asyncio.run(main())
