@@ -8,10 +8,10 @@ import logging
 from typing import Any, Awaitable, Callable
 
 import faust
-from mode.services import WaitResults
 from faust.sensors.monitor import Monitor
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+from mode.services import WaitResults
 
 from streams import topics
 from streams.delivery import wait_first_eagerly
@@ -76,7 +76,8 @@ class VitalStreamConsumer(faust_aiokafka.Consumer):
 
     async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
         # Faust's fetch loop delivers every record with `wait_first(on_message(record), suspend_flow.wait())`:
-        # four tasks started and three cancelled per record, ~15 % of the worker's time on a backlog.
+        # four tasks started and three cancelled per record. Inline instead, a backlog went from 1,069 to 1,417
+        # events/s in back-to-back profiles (docs/benchmarks.md).
         if settings.faust_per_record_paths:  # the benchmark's baseline
             return await super().wait_first(*coros, timeout=timeout)
         return await wait_first_eagerly(super().wait_first, *coros, timeout=timeout)

@@ -42,7 +42,7 @@ feature_state = app.Table(
 )
 
 class _LiveState:
-    """What the agent holds between micro-batches; shared with the idle-flush timer."""
+    """What the agent holds between micro-batches; shared with the ticker."""
 
     def __init__(self) -> None:
         self.store = FaustTableStore(feature_state, batched=not settings.faust_per_record_paths)
@@ -370,7 +370,7 @@ async def _on_tick() -> None:
                 await live.flush_and_ack()
             await _watch_fetching(live)
     except Exception:
-        _fatal("the flush timer failed")
+        _fatal("the ticker failed")
 
 
 def _error_dead_letter(msg) -> DeadLetter:  # noqa: ANN001
