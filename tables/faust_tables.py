@@ -168,6 +168,11 @@ class ChangelogWriter:
     producer batches of the partition's changelog, in the given order, then records the last changelog
     offset as the partition's persisted offset (what Faust's per-message callback does, so recovery reads
     the changelog from there).
+
+    A partition's next batch is sent only once the broker acknowledged the previous one, so a failed batch
+    leaves a prefix of the writes in the changelog, never a later batch without an earlier one (a context
+    without its rows, for a worker restoring from the changelog). Faust's per-key sends could leave such a
+    hole. The cost is a round trip per 256 KiB batch beyond a partition's first, in the background.
     """
 
     _YIELD_EVERY = 500  # keys between returns to the event loop while encoding and putting
@@ -225,6 +230,8 @@ class ChangelogWriter:
         return n
 
     async def _send(self, producer: Any, batch: Any, partition: int, records: int) -> None:
+        if self._pending and self._pending[-1][1] == partition:
+            await self._pending[-1][0]  # acknowledged (else this raises) before the partition's next batch
         batch.close()  # else aiokafka may append other sends to this partition to it, and `records` would be short
         future = await producer.send_batch(batch, self.topic, partition=partition)
         self._pending.append((future, partition, records))

@@ -31,7 +31,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from tables.faust_tables import FaustTableStore
 bootstrap, name, datadir = sys.argv[1:4]
 app = faust.App(name, broker=f"kafka://{bootstrap}", store="rocksdb://", datadir=datadir, topic_partitions=2,
-                autodiscover=False, web_enabled=False, producer_acks=-1, producer_max_batch_size=2048)
+                autodiscover=False, web_enabled=False, producer_acks=-1, producer_max_batch_size=16384)
 tables = {"theirs": app.Table("theirs", partitions=2), "ours": app.Table("ours", partitions=2)}
 for table in tables.values():
     table._verified_source_topics_for_partitions.add("source")  # no consumer here to ask

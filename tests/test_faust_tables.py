@@ -1,6 +1,7 @@
 """The feature state's Faust-table adapter, over a dict standing in for the table (unit test)."""
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 from typing import Any
 
@@ -119,3 +120,102 @@ def test_a_crash_part_way_through_applying_a_flush_changes_no_result() -> None:
         got_after = [redo_engine.process(ev) for ev in after]
         for i, (a, b) in enumerate(zip(expected_after, got_after)):
             assert same(a, b), f"after {k} of {len(writes)} writes, event {i}: {a!r} != {b!r}"
+
+
+class _FakeBatch:
+    def __init__(self, capacity: int) -> None:
+        self.records: list[tuple[bytes, bytes | None]] = []
+        self.capacity, self.closed = capacity, False
+
+    def append(self, *, key: bytes, value: bytes | None, timestamp: Any, headers: list) -> Any:
+        if self.closed or (self.records and len(self.records) >= self.capacity):
+            return None
+        self.records.append((key, value))
+        return object()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _FakeProducer:
+    """aiokafka's batch interface; each batch's delivery future is resolved by the test."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, _FakeBatch, asyncio.Future]] = []
+
+    def create_batch(self) -> _FakeBatch:
+        return _FakeBatch(capacity=2)
+
+    async def send_batch(self, batch: _FakeBatch, topic: str, *, partition: int) -> asyncio.Future:
+        assert batch.closed, "a batch must be closed before it is sent"
+        future = asyncio.get_running_loop().create_future()
+        self.sent.append((partition, batch, future))
+        return future
+
+
+class _FakeStore:
+    def __init__(self) -> None:
+        self.dbs: dict[int, dict[bytes, bytes]] = {}
+        self._key_index: dict[bytes, int] = {}
+        self.persisted: dict[int, int] = {}
+
+    def _db_for_partition(self, partition: int) -> Any:
+        db = self.dbs.setdefault(partition, {})
+        return SimpleNamespace(get=db.get, put=db.__setitem__, delete=db.pop)
+
+    def _encode_key(self, key: str) -> bytes:
+        return key.encode()
+
+    def _encode_value(self, value: Any) -> bytes:
+        return repr(value).encode()
+
+    def set_persisted_offset(self, tp: Any, offset: int) -> None:
+        self.persisted[tp.partition] = offset
+
+
+def _fake_table(producer: _FakeProducer) -> Any:
+    app = SimpleNamespace(producer=SimpleNamespace(_ensure_producer=lambda: producer), in_transaction=False,
+                          conf=SimpleNamespace(producer_acks=-1))
+    return SimpleNamespace(data=_FakeStore(), app=app, changelog_topic=SimpleNamespace(get_topic_name=lambda: "cl"),
+                           use_partitioner=False, is_global=False, window=None,
+                           _verify_source_topic_partitions=lambda topic: None)
+
+
+def test_changelog_writer_sends_a_partitions_next_batch_only_after_the_previous_was_acknowledged() -> None:
+    """A failed batch must leave a prefix of the writes in the changelog, never a later batch alone."""
+    from tables.faust_tables import ChangelogWriter
+
+    async def main() -> None:
+        producer = _FakeProducer()
+        writer = ChangelogWriter.of(_fake_table(producer))
+        ordered = [(f"v|p|{i}", [i]) for i in range(5)]  # three batches of at most two
+
+        task = asyncio.create_task(writer.write(0, ordered, "source"))
+        await asyncio.sleep(0.01)
+        assert len(producer.sent) == 1 and not task.done()  # the second waits for the first's acknowledgement
+        producer.sent[0][2].set_result(SimpleNamespace(offset=40))
+        await asyncio.sleep(0.01)
+        assert len(producer.sent) == 2
+        producer.sent[1][2].set_exception(RuntimeError("batch expired"))
+        try:
+            await asyncio.wait_for(task, 5)
+        except RuntimeError as exc:
+            assert "expired" in str(exc)
+        else:
+            raise AssertionError("a failed batch must fail the write")
+        assert len(producer.sent) == 2  # the third was never sent
+
+        producer = _FakeProducer()
+        writer = ChangelogWriter.of(_fake_table(producer))
+        task = asyncio.create_task(writer.write(1, ordered, "source"))
+        for i in range(3):
+            while len(producer.sent) <= i:
+                await asyncio.sleep(0.001)
+            producer.sent[i][2].set_result(SimpleNamespace(offset=100 + 2 * i))
+        assert await asyncio.wait_for(task, 5) == 5
+        await writer.delivered()
+        assert [len(b.records) for _, b, _ in producer.sent] == [2, 2, 1]
+        assert writer.store.persisted == {1: 104}  # the last batch's base offset + its records - 1
+        assert writer.store.dbs[1] == {f"v|p|{i}".encode(): repr([i]).encode() for i in range(5)}
+
+    asyncio.run(main())
