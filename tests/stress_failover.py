@@ -1,6 +1,6 @@
 """Failover stress: one of two workers killed (-9) mid-stream; the survivor must end where an uninterrupted run
 ends. Not part of the suite (file name outside test_*.py): it failed about one run in ten before the fixes of
-2026-11-26 and passed 20 in a row after them, then 25 more with session 5's changes (inline delivery, batched
+2026-11-26 and passed 20 in a row after them, then 30 more with session 5's changes (inline delivery, batched
 changelog writes, 25 ms waits); not yet proof enough for CI (issue 3, see docs/status.md). Run it on the local
 stack, repeatedly:
 
