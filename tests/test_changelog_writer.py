@@ -24,7 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # "theirs" gets a generation through Faust's table API (FaustTableStore.apply_steps), "ours" the same
 # generation through ChangelogWriter (apply_async). Small producer batches, so a partition's writes span many.
 _PROBE = """
-import asyncio, json, sys
+import asyncio, json, sys, time
+T0 = time.monotonic()
+def step(*what):  # progress on stderr, shown if the probe fails or times out
+    print(f"{time.monotonic() - T0:7.2f} s", *what, file=sys.stderr, flush=True)
 from types import SimpleNamespace
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -62,7 +65,10 @@ async def changelog(table):
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
         got = {tp.partition: [] for tp in tps}
+        deadline = time.monotonic() + 60
         while sum(len(v) for v in got.values()) < sum(end.values()):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"read {sum(len(v) for v in got.values())} of {end} changelog records")
             for tp, msgs in (await consumer.getmany(timeout_ms=2000)).items():
                 got[tp.partition] += [[m.key.decode(), m.value.decode() if m.value is not None else None]
                                       for m in msgs]
@@ -72,9 +78,11 @@ async def changelog(table):
 
 async def main():
     await app.producer.start()
+    step("producer started")
     report = {}
     for table in tables.values():
         await table.changelog_topic.maybe_declare()
+    step("changelog topics declared")
     for round_ in (0, 1):
         for name, table in tables.items():
             store = FaustTableStore(table)
@@ -85,13 +93,16 @@ async def main():
             else:
                 written = await store.apply_async(generation)
             report.setdefault(name, {}).setdefault("written", []).append(written)
+            step("round", round_, name, "applied", written)
     await app.producer.flush()
+    step("producer flushed")
     for name, table in tables.items():
         topic = table.changelog_topic.get_topic_name()
         report[name]["changelog"] = await changelog(table)
         report[name]["rocksdb"] = {p: [[k.decode(), v.decode()] for k, v in table.data._db_for_partition(p).items()]
                                    for p in (0, 1)}
         report[name]["persisted"] = [table.data.persisted_offset(faust.types.TP(topic, p)) for p in (0, 1)]
+        step(name, "read back")
     await app.producer.stop()
     print(json.dumps(report))
 
@@ -100,9 +111,12 @@ asyncio.run(main())
 
 
 def test_changelog_writer_leaves_what_faust_table_writes_leave(stack: Settings, unique: str, tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-c", _PROBE, stack.kafka_bootstrap, f"probe-{unique}", str(tmp_path)],
-                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-                         timeout=120)
+    try:
+        out = subprocess.run([sys.executable, "-c", _PROBE, stack.kafka_bootstrap, f"probe-{unique}", str(tmp_path)],
+                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                             timeout=180)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"the probe did not finish; its progress:\n{exc.stderr}") from None
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
     theirs, ours = report["theirs"], report["ours"]
