@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from typing import Awaitable, Callable
 
 import pytest
 from mode import Service
@@ -10,15 +11,21 @@ from mode import Service
 from streams.delivery import wait_first_eagerly
 
 
-async def _service() -> Service:
-    service = Service()
-    await service.start()
-    return service
+def _with_service(test: Callable[[Service], Awaitable[None]]) -> None:
+    """Run `test` on a fresh event loop with a started mode Service (whose wait_first is wrapped)."""
+    async def main() -> None:
+        service = Service()
+        await service.start()
+        try:
+            await test(service)
+        finally:
+            await service.stop()
+
+    asyncio.run(main())
 
 
 def test_callback_that_does_not_suspend_wins_without_starting_the_others() -> None:
-    async def main() -> None:
-        service = await _service()
+    async def main(service: Service) -> None:
         delivered, waited = [], []
 
         async def on_message() -> str:
@@ -35,14 +42,12 @@ def test_callback_that_does_not_suspend_wins_without_starting_the_others() -> No
         # never started, and closed (not left to warn "never awaited"); no task was left behind for it
         assert inspect.getcoroutinestate(other) == inspect.CORO_CLOSED
         assert asyncio.all_tasks() == {asyncio.current_task()} | set(service._futures)
-        await service.stop()
 
-    asyncio.run(main())
+    _with_service(main)
 
 
 def test_callback_that_suspends_goes_on_as_a_task_until_it_finishes() -> None:
-    async def main() -> None:
-        service = await _service()
+    async def main(service: Service) -> None:
         gate = asyncio.get_running_loop().create_future()
         steps = []
 
@@ -59,14 +64,12 @@ def test_callback_that_suspends_goes_on_as_a_task_until_it_finishes() -> None:
         gate.set_result(7)
         result = await asyncio.wait_for(waiter, 5)
         assert (result.results, steps) == ([7], ["start", "end"])
-        await service.stop()
 
-    asyncio.run(main())
+    _with_service(main)
 
 
 def test_suspended_callback_is_cancelled_when_the_other_awaitable_wins() -> None:
-    async def main() -> None:
-        service = await _service()
+    async def main(service: Service) -> None:
         suspend = asyncio.Event()
         cleaned_up = []
 
@@ -81,14 +84,12 @@ def test_suspended_callback_is_cancelled_when_the_other_awaitable_wins() -> None
         suspend.set()  # e.g. a rebalance suspending the flow
         result = await asyncio.wait_for(waiter, 5)
         assert result.results == [True] and cleaned_up == [True]
-        await service.stop()
 
-    asyncio.run(main())
+    _with_service(main)
 
 
 def test_errors_of_the_callback_propagate_whether_or_not_it_suspended() -> None:
-    async def main() -> None:
-        service = await _service()
+    async def main(service: Service) -> None:
 
         async def fails_at_once() -> None:
             raise ValueError("bad record")
@@ -101,14 +102,12 @@ def test_errors_of_the_callback_propagate_whether_or_not_it_suspended() -> None:
             await wait_first_eagerly(service.wait_first, fails_at_once(), asyncio.Event().wait())
         with pytest.raises(KeyError, match="later"):
             await wait_first_eagerly(service.wait_first, fails_later(), asyncio.Event().wait())
-        await service.stop()
 
-    asyncio.run(main())
+    _with_service(main)
 
 
 def test_callback_suspended_on_a_future_gets_its_result_or_its_exception() -> None:
-    async def main() -> None:
-        service = await _service()
+    async def main(service: Service) -> None:
         loop = asyncio.get_running_loop()
 
         async def on_message(gate: asyncio.Future) -> str:
@@ -124,14 +123,12 @@ def test_callback_suspended_on_a_future_gets_its_result_or_its_exception() -> No
         assert (await asyncio.wait_for(waiters[0], 5)).results == ["value"]
         with pytest.raises(LookupError, match="broker gone"):
             await asyncio.wait_for(waiters[1], 5)
-        await service.stop()
 
-    asyncio.run(main())
+    _with_service(main)
 
 
 def test_cancelling_the_waiter_cancels_a_suspended_callback() -> None:
-    async def main() -> None:
-        service = await _service()
+    async def main(service: Service) -> None:
         cancelled = []
 
         async def on_message() -> None:
@@ -148,6 +145,5 @@ def test_cancelling_the_waiter_cancels_a_suspended_callback() -> None:
             await waiter
         await asyncio.sleep(0)
         assert cancelled == [True]
-        await service.stop()
 
-    asyncio.run(main())
+    _with_service(main)
