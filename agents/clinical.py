@@ -28,6 +28,7 @@ from sinks.online import OnlineStore
 from streams import topics
 from streams.validation import Rejection, deadletter_record
 from tables.faust_tables import FaustTableStore
+from vitalstream.process import tune_gc
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,7 @@ def _ranges(messages) -> str:  # noqa: ANN001
 
 
 _RESEEK_INTERVAL_S = 5.0
+_YIELD_AFTER_S = 0.005  # longest stretch of record processing without giving the event loop a turn
 _WATCHDOG_EVERY_S = 1.0
 
 
@@ -328,6 +330,7 @@ async def _on_worker_start() -> None:
 
     start_http_server(settings.metrics_port, addr=settings.host)
     await ensure_topics_async(settings)
+    tune_gc(settings)
 
 
 def _caught_up(topic: str, partition: int) -> bool:
@@ -435,10 +438,16 @@ async def _process_released(live: _LiveState) -> None:
     released = live.merge.release(time.monotonic() * 1000, _caught_up)  # monotonic: immune to clock steps
     # Released records are owed an ack whatever happens next.
     live.unacked.extend(event for _, event in released)
-    for rec, event in released:
+    since_yield = time.perf_counter()
+    for i, (rec, event) in enumerate(released):
         dead = _process_one(live, rec, event)
         if dead is not None:
             await _send_dead_letter(live, dead)
+        if i & 31 == 31 and time.perf_counter() - since_yield > _YIELD_AFTER_S:
+            # Let the rest of the event loop in (Redis replies, the fetch loop): each await of a Redis write
+            # otherwise waits for the whole batch. Still under live.lock: nothing else touches the pipeline.
+            await asyncio.sleep(0)
+            since_yield = time.perf_counter()
     _record_lag(event.message for _, event in released)
     if live.online_since is None and live.pipeline.online is not None and live.pipeline.online.buffered:
         live.online_since = time.monotonic()

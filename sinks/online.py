@@ -178,10 +178,22 @@ class OnlineStore(_Coalescing):
         if self._async_order is None:
             self._async_order = asyncio.Lock()  # FIFO: waiters acquire in arrival order
         async with self._async_order:
-            pipe = self._async_client.pipeline(transaction=False)
-            for keys, args in self._calls(pending):
-                await self._async_script(keys=keys, args=args, client=pipe)  # queues the call (no round trip)
-            return sum(int(r) for r in await pipe.execute())
+            calls = list(self._calls(pending))
+            try:
+                return await self._evalsha_async(calls)
+            except redis.exceptions.NoScriptError:  # Redis restarted or its scripts were flushed
+                await self._async_client.script_load(_WRITE_IF_NEWER)
+                return await self._evalsha_async(calls)  # the writes are conditional: redoing them is harmless
+
+    async def _evalsha_async(self, calls: list[tuple[list[str], list]]) -> int:
+        # Plain EVALSHA commands, not the registered Script in the pipeline: that makes every execute check
+        # SCRIPT EXISTS first, a second round trip, and each round trip can wait behind a whole micro-batch
+        # on the worker's busy event loop.
+        pipe = self._async_client.pipeline(transaction=False)
+        sha = self._async_script.sha
+        for keys, args in calls:
+            pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+        return sum(int(r) for r in await pipe.execute())
 
 
 def read_features(client: redis.Redis, patient_id: str,

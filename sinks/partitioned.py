@@ -150,15 +150,24 @@ class OffsetTrackedSink:
         return offset > self.watermark((topic, partition))
 
     def add(self, topic: str, partition: int, offset: int, directory: str, row: Any) -> None:
-        pending = self._pending.setdefault((topic, partition), _Pending())
+        pending = self._pending_for(topic, partition)
         pending.rows[directory].append((offset, row))
-        pending.last_offset = max(pending.last_offset, offset)
+        if offset > pending.last_offset:
+            pending.last_offset = offset
         self.buffered_rows += 1
 
     def advance(self, topic: str, partition: int, offset: int) -> None:
         """Record that offset was processed, even if it produced no row for this sink."""
-        pending = self._pending.setdefault((topic, partition), _Pending())
-        pending.last_offset = max(pending.last_offset, offset)
+        pending = self._pending_for(topic, partition)
+        if offset > pending.last_offset:
+            pending.last_offset = offset
+
+    def _pending_for(self, topic: str, partition: int) -> _Pending:
+        # Not setdefault(tp, _Pending()): that builds a _Pending (and its dict) per call, several per event.
+        pending = self._pending.get((topic, partition))
+        if pending is None:
+            pending = self._pending[(topic, partition)] = _Pending()
+        return pending
 
     def seal(self) -> "SealedBatch":
         """Take the buffered rows out (cheap); write them later with `write`, off the event loop."""

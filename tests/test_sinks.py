@@ -126,6 +126,30 @@ def test_online_store_async_writes_land_in_call_order_with_the_same_rules(client
         OnlineStore()
 
 
+def test_online_store_async_writes_survive_a_flushed_script_cache(client):
+    """The worker sends EVALSHA without checking SCRIPT EXISTS first: after Redis forgot the script (restart,
+    SCRIPT FLUSH) a write loads it again and lands, once."""
+    url = client.connection_pool.connection_kwargs
+    store = OnlineStore(async_client=redis.asyncio.Redis(host=url["host"], port=url["port"], db=url["db"]))
+    n = VECTORS_PER_CALL + 1
+
+    async def write(vectors) -> int:  # noqa: ANN001
+        client.script_flush()
+        return await store.write_async(vectors)
+
+    async def writes() -> list[int]:
+        try:
+            return [await write({f"PT{i:05d}": (1_000 * k, f"e{k}-{i}", vector(k + i)) for i in range(n)})
+                    for k in (1, 2)]
+        finally:
+            await store._async_client.aclose()
+
+    assert asyncio.run(writes()) == [n, n]
+    for i in range(n):
+        values, meta = read_features(client, f"PT{i:05d}")
+        assert meta["event_id"] == f"e2-{i}" and np.array_equal(values, vector(2 + i), equal_nan=True)
+
+
 def test_online_store_coalesces_to_latest_per_patient(client):
     store = OnlineStore(client)
     for i in range(5):

@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     # (four tasks per record) and per-key table writes, instead of the worker's inline delivery and batched
     # changelog writes.
     faust_per_record_paths: bool = False
+    # Python's cyclic GC scans young objects every 700 allocations; a worker allocates tens per event, and each
+    # scan also walks the survivors (patients' windows). Collect young objects every this many allocations
+    # instead (0: Python's default). See docs/pipeline.md ("Garbage collection").
+    gc_gen0_threshold: int = 50_000
     worker_data_dir: Path | None = None  # RocksDB tables; default {stack_dir}/worker-data
 
     # --- training and the model registry ----------------------------------------
