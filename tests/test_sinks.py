@@ -15,7 +15,7 @@ import redis.asyncio
 
 from sinks.lake import Lake, cleanup
 from sinks.offline import OfflineFeatureSink, read_offline
-from sinks.online import VECTORS_PER_CALL, OnlineStore, features_key, read_features
+from sinks.online import VECTORS_PER_CALL, OnlineStore, features_key, features_text, read_features
 from sinks.partitioned import OffsetTrackedSink
 from tables.features.registry import FEATURE_NAMES, FEATURE_VERSION, N_FEATURES
 
@@ -63,6 +63,17 @@ def test_online_store_round_trips_extreme_values_exactly(client, specials):
     store.add("PT00002", 1_772_366_400_000, "ev-2", v)
     assert store.flush() == 1
     assert np.array_equal(read_features(client, "PT00002")[0], v, equal_nan=True)
+
+
+def test_online_store_keeps_values_as_shortest_round_trip_text(client):
+    v = vector(4)
+    v[:5] = [0.1, 80.0, np.nan, np.inf, -1234.5678]
+    OnlineStore(client).write({"PT00004": (1_772_366_400_000, "ev-4", v)})
+    stored = client.hmget(features_key("PT00004"), FEATURE_NAMES[:5])
+    assert stored == [b"0.1", b"80.0", b"nan", b"inf", b"-1234.5678"]
+    assert features_text(np.zeros(N_FEATURES)).count(b",") == N_FEATURES - 1
+    with pytest.raises(ValueError, match=f"{N_FEATURES} values"):
+        features_text(np.zeros(N_FEATURES - 1))
 
 
 def test_online_store_never_overwrites_newer_with_older(client):
