@@ -1,6 +1,9 @@
 """Prometheus metrics of the stream worker (served over HTTP on VITALSTREAM_METRICS_PORT)."""
 from __future__ import annotations
 
+from typing import Sequence
+
+import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS_IN = Counter("vitalstream_events_in_total", "Records consumed", ["topic"])
@@ -30,3 +33,21 @@ FLUSH_ROWS = Histogram("vitalstream_flush_rows", "Rows per sink flush", ["sink"]
                        buckets=(1, 10, 100, 500, 1000, 5000, 10000, 50000))
 FLUSH_SECONDS = Histogram("vitalstream_flush_seconds", "Duration of a sink flush", ["sink"],
                           buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+
+
+def observe_many(histogram: Histogram, amounts: Sequence[float]) -> None:
+    """`histogram.observe(a)` for every amount (same buckets, amount <= bound, and sum), bucketed by NumPy.
+
+    One observe per event cost ~5 us (a lock and a loop over the bounds); the Redis flush observes every
+    event's latency. Uses the histogram's internals (`_upper_bounds`, `_buckets`, `_sum`), checked against
+    `observe` in tests/test_metrics.py.
+    """
+    if len(amounts) == 0:
+        return
+    histogram._raise_if_not_observable()
+    values = np.asarray(amounts, dtype=np.float64)
+    bounds = histogram._upper_bounds
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    histogram._sum.inc(float(values.sum()))
+    for i in np.flatnonzero(counts[: len(bounds)]):  # past the last (+Inf) bound: NaN, which observe skips too
+        histogram._buckets[i].inc(int(counts[i]))
