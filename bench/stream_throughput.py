@@ -15,11 +15,12 @@ Baselines, each run first on its own fresh topics, then the worker as configured
 - `--faust-baseline`: Faust's per-record delivery and per-key table writes instead of the worker's inline
   delivery and batched changelog writes (`VITALSTREAM_FAUST_PER_RECORD_PATHS`);
 - `--waits-baseline MS`: the deliberate waits (fetch max wait, micro-batch, merge grace, Redis interval) at
-  MS milliseconds each instead of the configured ones.
+  MS milliseconds each instead of the configured ones;
+- `--against REV`: the worker of git revision REV (exported to a temporary folder), with the same settings.
 
     python bench/stream_throughput.py [--events 100000] [--patients 1000] [--rates 500,1000,2000]
                                       [--seconds 20] [--workers 1,2] [--lake s3|file] [--fetch-baseline]
-                                      [--faust-baseline] [--waits-baseline 50]
+                                      [--faust-baseline] [--waits-baseline 50] [--against REV]
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import argparse
 import asyncio
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from streams import topics  # noqa: E402
 from streams.timestamps import iso_ms  # noqa: E402
 from streams.topics import ensure_topics  # noqa: E402
-from tests.harness import WorkerProcess, another_worker, isolated_settings, scrape_metrics, wait_for  # noqa: E402
+from tests.harness import REPO, WorkerProcess, another_worker, isolated_settings, scrape_metrics, wait_for  # noqa: E402
 from vitalstream.settings import Settings  # noqa: E402
 
 
@@ -203,8 +205,20 @@ def live_latency(settings: Settings, workers: list[WorkerProcess], rate: float, 
     return p50, p99, int(diff.get(count, 0))
 
 
+def export_revision(rev: str, tmp: Path) -> Path:
+    """The repository's files at git revision `rev`, in a folder of their own (not a worktree: nothing to
+    clean up in the repository)."""
+    sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", f"{rev}^{{commit}}"], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    folder = tmp / f"rev-{sha}"
+    folder.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", sha], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
+
+
 def measure(base: Settings, tmp: Path, args: argparse.Namespace, n_workers: int, label: str = "",
-            overrides: dict | None = None) -> None:
+            overrides: dict | None = None, code_dir: Path = REPO) -> None:
     """One configuration on fresh topics: ceiling, backlog rate, CPU, then latency at each offered rate."""
     unique = uuid.uuid4().hex[:8]
     (tmp / unique).mkdir(parents=True)
@@ -224,7 +238,7 @@ def measure(base: Settings, tmp: Path, args: argparse.Namespace, n_workers: int,
     try:
         for i in range(n_workers):
             s = settings if i == 0 else another_worker(settings, tmp / unique / f"worker-data-{i}")
-            workers.append(WorkerProcess(s, tmp / unique / f"worker{i}.log").start())
+            workers.append(WorkerProcess(s, tmp / unique / f"worker{i}.log", code_dir).start())
         # Faust logs "Worker]: Ready" once, and not at all for a worker whose first assignment a rebalance
         # cut short; every completed recovery logs "Worker ready".
         for w in workers:
@@ -260,6 +274,8 @@ def main() -> int:
                     help="also run each worker count with Faust's per-record delivery and per-key table writes")
     ap.add_argument("--waits-baseline", type=int, metavar="MS",
                     help="also run each worker count with every deliberate wait at MS milliseconds")
+    ap.add_argument("--against", metavar="REV",
+                    help="also run each worker count with the worker of git revision REV (e.g. a commit or tag)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="vs-bench-"))
@@ -269,24 +285,26 @@ def main() -> int:
           f"cores, python {platform.python_version()}, load {load:.1f}")
     print(f"backlog: {args.events:,} vitals events, {args.patients:,} patients, {args.partitions} partitions, "
           f"lake {args.lake}; latency runs of {args.seconds:.0f} s")
-    baselines = []
+    baselines: list[tuple[str, dict, Path]] = []
     if args.fetch_baseline:
         baselines.append((", Faust's fetch settings (1,500 ms max wait, 1 byte min)",
-                          {"fetch_max_wait_ms": 1500, "fetch_min_bytes": 1}))
+                          {"fetch_max_wait_ms": 1500, "fetch_min_bytes": 1}, REPO))
     if args.faust_baseline:
         baselines.append((", Faust's per-record delivery and per-key table writes",
-                          {"faust_per_record_paths": True}))
+                          {"faust_per_record_paths": True}, REPO))
     if args.waits_baseline is not None:
         ms = args.waits_baseline
         baselines.append((f", waits of {ms} ms", {"fetch_max_wait_ms": ms, "batch_max_seconds": ms / 1000,
-                                                  "merge_grace_ms": ms, "online_flush_ms": ms}))
+                                                  "merge_grace_ms": ms, "online_flush_ms": ms}, REPO))
+    if args.against:
+        baselines.append((f", the worker of {args.against}", {}, export_revision(args.against, tmp)))
     label = ""
     if baselines:
         label = (f", as configured (fetch {base.fetch_max_wait_ms} ms max wait, {base.fetch_min_bytes:,} bytes min; "
                  f"waits {base.merge_grace_ms} ms; inline delivery, batched changelog)")
     for n_workers in args.workers:
-        for baseline_label, overrides in baselines:
-            measure(base, tmp, args, n_workers, baseline_label, overrides)
+        for baseline_label, overrides, code_dir in baselines:
+            measure(base, tmp, args, n_workers, baseline_label, overrides, code_dir)
         measure(base, tmp, args, n_workers, label)
     return 0
 

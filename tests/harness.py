@@ -88,15 +88,17 @@ def settings_env(settings: Settings) -> dict[str, str]:
 class WorkerProcess:
     """`faust -A app worker` in a subprocess with the test's settings."""
 
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    def __init__(self, settings: Settings, log_path: Path, code_dir: Path = REPO) -> None:
+        """code_dir: the checkout whose worker runs (`python -m faust` imports app, agents, ... from there)."""
         self.settings = settings
         self.log_path = log_path
+        self.code_dir = code_dir
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "WorkerProcess":
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "faust", "-A", "app", "worker", "-l", "info"],
-                                     cwd=REPO, env=settings_env(self.settings), stdout=log,
+                                     cwd=self.code_dir, env=settings_env(self.settings), stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
