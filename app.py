@@ -15,6 +15,7 @@ from mode.services import WaitResults
 
 from streams import topics
 from streams.delivery import wait_first_eagerly
+from vitalstream.process import tune_gc
 from vitalstream.settings import get_settings
 
 settings = get_settings()
@@ -137,6 +138,8 @@ app = VitalStreamApp(
 )
 
 import agents.clinical  # noqa: E402,F401  (registers the agents and tables)
+
+tune_gc(settings)  # after every import, before Faust starts anything
 
 if __name__ == "__main__":
     app.main()

@@ -28,7 +28,6 @@ from sinks.online import OnlineStore
 from streams import topics
 from streams.validation import Rejection, deadletter_record
 from tables.faust_tables import FaustTableStore
-from vitalstream.process import tune_gc
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +173,7 @@ def _ranges(messages) -> str:  # noqa: ANN001
 
 
 _RESEEK_INTERVAL_S = 5.0
-_YIELD_AFTER_S = 0.005  # longest stretch of record processing without giving the event loop a turn
+_YIELD_AFTER_S = 0.005  # give the event loop a turn once processing ran this long (checked every 32 records)
 _WATCHDOG_EVERY_S = 1.0
 
 
@@ -264,14 +263,20 @@ def build_pipeline(store: FaustTableStore) -> Pipeline:
 
 
 async def _finish_batch_in_flight() -> None:
-    """On stop: let the batch being completed finish (lake, Redis, state, acks) before Faust stops the tables
-    and the producer under it. Anything not acked is redone from the committed offsets anyway."""
+    """On stop: let the micro-batch being processed end, and the batch being completed finish (lake, Redis,
+    state, acks), before Faust stops the tables and the producer under them. The agent's lock is kept until
+    exit: processing yields to the event loop mid-batch, and must not go on against stopped tables. Anything
+    not acked is redone from the committed offsets anyway."""
     live = _live
-    if live is not None and live.inflight is not None and not live.inflight.done():
-        try:
-            await asyncio.wait_for(asyncio.shield(live.inflight), settings.session_timeout_s)
-        except asyncio.TimeoutError:
-            log.warning("stopping before the batch in flight completed; it is redone from the committed offsets")
+    if live is None:
+        return
+    deadline = time.monotonic() + settings.session_timeout_s
+    try:
+        await asyncio.wait_for(live.lock.acquire(), settings.session_timeout_s)
+        if live.inflight is not None and not live.inflight.done():
+            await asyncio.wait_for(asyncio.shield(live.inflight), max(deadline - time.monotonic(), 0.001))
+    except asyncio.TimeoutError:
+        log.warning("stopping before the batch in flight completed; it is redone from the committed offsets")
 
 
 before_stop.append(_finish_batch_in_flight)
@@ -330,7 +335,6 @@ async def _on_worker_start() -> None:
 
     start_http_server(settings.metrics_port, addr=settings.host)
     await ensure_topics_async(settings)
-    tune_gc(settings)
 
 
 def _caught_up(topic: str, partition: int) -> bool:
@@ -367,6 +371,8 @@ async def _on_tick() -> None:
         async with live.lock:
             if live.merge.buffered:
                 await _process_released(live)
+                if live.revoked:  # revoked mid-batch: nothing of it may be acked (see _on_revoked)
+                    return
             if live.online_due():
                 live.flush_online()
             if live.flush_due():
@@ -445,9 +451,12 @@ async def _process_released(live: _LiveState) -> None:
             await _send_dead_letter(live, dead)
         if i & 31 == 31 and time.perf_counter() - since_yield > _YIELD_AFTER_S:
             # Let the rest of the event loop in (Redis replies, the fetch loop): each await of a Redis write
-            # otherwise waits for the whole batch. Still under live.lock: nothing else touches the pipeline.
+            # otherwise waits for the whole batch. Still under live.lock, so the ticker, the revocation and the
+            # stop hook wait; only the batch being completed (`_complete`) and Redis writes run meanwhile.
             await asyncio.sleep(0)
             since_yield = time.perf_counter()
+            if live.revoked:  # a rebalance began: this uncommitted work is dropped and redone anyway
+                return
     _record_lag(event.message for _, event in released)
     if live.online_since is None and live.pipeline.online is not None and live.pipeline.online.buffered:
         live.online_since = time.monotonic()
@@ -536,5 +545,7 @@ async def _consume(live: _LiveState, stream) -> None:  # noqa: ANN001
                     live.unacked.append(event)
                     _record_lag([msg])
             await _process_released(live)
+            if live.revoked:  # revoked mid-batch: nothing of it may be acked (see _on_revoked)
+                continue
             if live.flush_due():
                 await live.flush_and_ack()

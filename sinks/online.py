@@ -31,7 +31,7 @@ TTL_SECONDS = 48 * 3600
 # worker ~170 us per vector; orjson ~3 us. Many vectors go in one call: one command and one reply per call
 # rather than per vector. (Keys of one call must share a hash slot on Redis Cluster; this targets one Redis.)
 _WRITE_IF_NEWER = """
-local names = {%s}
+local names = {FEATURE_NAMES}
 local written = 0
 for i = 1, #KEYS do
   local a = 2 + (i - 1) * 4
@@ -46,13 +46,16 @@ for i = 1, #KEYS do
       args[n + 2] = value
       n = n + 2
     end
+    if k ~= #names then
+      return redis.error_reply('feature vector of ' .. KEYS[i] .. ' has ' .. k .. ' values, expected ' .. #names)
+    end
     redis.call('HSET', unpack(args))
     redis.call('EXPIRE', KEYS[i], ARGV[1])
     written = written + 1
   end
 end
 return written
-""" % ",".join(f"'{name}'" for name in FEATURE_NAMES)
+""".replace("FEATURE_NAMES", ",".join(f"'{name}'" for name in FEATURE_NAMES))
 if not all(name.isidentifier() for name in FEATURE_NAMES):  # pragma: no cover - they go into Lua as literals
     raise ValueError("feature names must be identifiers to be written to the online store")
 # Vectors per script call: Redis runs a call to its end before serving anyone else (~0.15 ms a vector).
@@ -62,7 +65,7 @@ _NAN_TEXT = b"nan"
 
 def features_text(values: Sequence[float]) -> bytes:
     """The vector as the script's argument: shortest round-trip decimals, 'nan' where undefined (~3 us)."""
-    array = np.asarray(values, dtype=np.float64)
+    array = np.ascontiguousarray(values, dtype=np.float64)  # orjson serializes C-contiguous arrays only
     if array.shape != (N_FEATURES,):
         raise ValueError(f"a feature vector has {N_FEATURES} values, got shape {array.shape}")
     text = orjson.dumps(array, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1]

@@ -54,15 +54,3 @@ def test_worker_consumer_settings_and_no_commits_past_skipped_records(stack: Set
     assert report == {"consumer": "VitalStreamConsumer", "fetch_max_wait_ms": 37, "fetch_min_bytes": 4321}
     assert Settings().fetch_max_wait_ms < 1500  # the default bounds the delay well below Faust's
 
-
-def test_tune_gc_raises_the_young_threshold_and_freezes_startup_objects():
-    # A fresh interpreter: freezing the test process's objects would keep them for its whole life.
-    code = ("import gc, json; from vitalstream.process import tune_gc; from vitalstream.settings import Settings\n"
-            "before = gc.get_threshold()[0]; tune_gc(Settings(gc_gen0_threshold=12345))\n"
-            "print(json.dumps([before, gc.get_threshold()[0], gc.get_freeze_count()]))\n"
-            "tune_gc(Settings(gc_gen0_threshold=0)); print(gc.get_threshold()[0])")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    first, second = out.stdout.splitlines()
-    before, after, frozen = json.loads(first)
-    assert (before, after) == (700, 12345) and frozen > 1000
-    assert int(second) == 12345  # 0 leaves the threshold as it is

@@ -21,6 +21,8 @@ def _samples(histogram: Histogram) -> dict[str, float]:
     [],
     [0.0, 0.01, 0.0100001, 0.05, 0.07, 0.1, 0.25, 0.2500001, 1.0, 3.0, 1e9],  # on and just past each bound
     list(np.random.default_rng(3).exponential(0.2, 5_000)),
+    [-0.5, 0.02, np.inf, -np.inf],  # below every bound, past every finite one
+    [0.02, np.nan, 0.2],  # NaN: no bucket, a NaN sum (as observe)
 ])
 def test_observe_many_equals_one_observe_per_amount(amounts):
     one, bulk = (Histogram("latency", "h", buckets=BOUNDS, registry=CollectorRegistry()) for _ in range(2))
@@ -30,7 +32,8 @@ def test_observe_many_equals_one_observe_per_amount(amounts):
     expected, got = _samples(one), _samples(bulk)
     assert expected.keys() == got.keys()
     for key, value in expected.items():
-        assert math.isclose(got[key], value, rel_tol=1e-9, abs_tol=1e-12), key
+        assert (math.isnan(got[key]) and math.isnan(value)) or math.isclose(got[key], value, rel_tol=1e-9,
+                                                                            abs_tol=1e-12), key
 
 
 def test_observe_many_refuses_a_labelled_parent_like_observe():

@@ -65,15 +65,27 @@ def test_online_store_round_trips_extreme_values_exactly(client, specials):
     assert np.array_equal(read_features(client, "PT00002")[0], v, equal_nan=True)
 
 
-def test_online_store_keeps_values_as_shortest_round_trip_text(client):
+@pytest.mark.parametrize("head, text", [
+    ([0.1, 80.0, np.nan, -1234.5678], [b"0.1", b"80.0", b"nan", b"-1234.5678"]),  # orjson's text
+    ([0.1, np.inf, -np.inf, np.nan], [b"0.1", b"inf", b"-inf", b"nan"]),  # infinities: Python's repr
+])
+def test_online_store_keeps_values_as_shortest_round_trip_text(client, head, text):
     v = vector(4)
-    v[:5] = [0.1, 80.0, np.nan, np.inf, -1234.5678]
+    v[: len(head)] = head
     OnlineStore(client).write({"PT00004": (1_772_366_400_000, "ev-4", v)})
-    stored = client.hmget(features_key("PT00004"), FEATURE_NAMES[:5])
-    assert stored == [b"0.1", b"80.0", b"nan", b"inf", b"-1234.5678"]
+    assert client.hmget(features_key("PT00004"), FEATURE_NAMES[: len(head)]) == text
+    assert np.array_equal(read_features(client, "PT00004")[0], v, equal_nan=True)
+
+
+def test_features_text_checks_its_input_and_the_script_its_count(client):
     assert features_text(np.zeros(N_FEATURES)).count(b",") == N_FEATURES - 1
+    assert features_text(np.arange(2.0 * N_FEATURES)[::2]).startswith(b"0.0,2.0,4.0,")  # a strided view
     with pytest.raises(ValueError, match=f"{N_FEATURES} values"):
         features_text(np.zeros(N_FEATURES - 1))
+    store = OnlineStore(client)
+    with pytest.raises(redis.ResponseError, match=f"has 2 values, expected {N_FEATURES}"):
+        store._script(keys=[features_key("PT00005")], args=[60, FEATURE_VERSION, 1, "iso", "ev-5", b"1.0,2.0"])
+    assert not client.exists(features_key("PT00005"))
 
 
 def test_online_store_never_overwrites_newer_with_older(client):

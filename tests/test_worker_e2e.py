@@ -122,3 +122,20 @@ def test_second_worker_joining_mid_stream_rebalances_without_loss(env, tmp_path)
     assert_matches_oracle(settings, oracle, lake, client)
     assert first.proc.poll() is None and second.proc.poll() is None, "a worker died in the rebalance"
 
+
+
+def test_stopping_mid_stream_exits_cleanly_and_a_restart_finishes(env, tmp_path):
+    # SIGTERM while a backlog is being processed: the stop hook waits for the micro-batch under way (it yields
+    # to the event loop mid-batch) and the batch being completed, so the worker exits 0, not 70 from records
+    # processed against stopped tables; a restarted worker ends where an uninterrupted one would.
+    settings, client, workers, oracle, lake, first = _first_worker_midway(env, tmp_path, seed=14, patients=80, hours=24)
+    assert count_offline(lake) < oracle.offline_rows, "the worker finished before it could be stopped"
+    first.stop()
+    log = first.log_text()
+    assert first.proc.returncode == 0, log[-3000:]
+    assert "exiting (70)" not in log and "processing_error" not in log, log[-3000:]
+    second = WorkerProcess(settings, tmp_path / "worker2.log").start()
+    workers.append(second)
+    second.wait_ready()
+    wait_for(lambda: count_offline(lake) >= oracle.offline_rows, 240, "the restarted worker to finish")
+    assert_matches_oracle(settings, oracle, lake, client)

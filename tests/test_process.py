@@ -1,0 +1,29 @@
+"""Process-wide tuning of the worker (vitalstream/process.py)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_tune_gc_raises_the_young_threshold_and_freezes_startup_objects():
+    # A fresh interpreter: freezing the test process's objects would keep them for its whole life.
+    code = ("import gc, json; from vitalstream.process import tune_gc; from vitalstream.settings import Settings\n"
+            "before = gc.get_threshold()[0]; tune_gc(Settings(gc_gen0_threshold=12345))\n"
+            "print(json.dumps([before, gc.get_threshold()[0], gc.get_freeze_count()]))\n"
+            "tune_gc(Settings(gc_gen0_threshold=0)); print(gc.get_threshold()[0])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    first, second = out.stdout.splitlines()
+    before, after, frozen = json.loads(first)
+    assert (before, after) == (700, 12345) and frozen > 1000
+    assert int(second) == 12345  # 0 leaves the threshold as it is
+
+
+def test_the_worker_app_tunes_gc_when_imported():
+    code = "import gc; import app; print(gc.get_threshold()[0], gc.get_freeze_count())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    threshold, frozen = map(int, out.stdout.split()[-2:])
+    assert threshold == 50_000 and frozen > 10_000
