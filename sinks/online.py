@@ -10,7 +10,7 @@ per flush and pipelined.
 from __future__ import annotations
 
 import asyncio
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import orjson
@@ -60,7 +60,6 @@ if not all(name.isidentifier() for name in FEATURE_NAMES):  # pragma: no cover -
     raise ValueError("feature names must be identifiers to be written to the online store")
 # Vectors per script call: Redis runs a call to its end before serving anyone else (~0.15 ms a vector).
 VECTORS_PER_CALL = 64
-_NAN_TEXT = b"nan"
 
 
 def features_text(values: Sequence[float]) -> bytes:
@@ -72,7 +71,7 @@ def features_text(values: Sequence[float]) -> bytes:
     if b"null" in text:  # orjson writes NaN and +-inf as null
         if np.isinf(array).any():
             return ",".join(map(repr, array.tolist())).encode()  # 'inf', '-inf', 'nan': all float()-able
-        text = text.replace(b"null", _NAN_TEXT)
+        text = text.replace(b"null", b"nan")
     return text
 
 
@@ -163,9 +162,15 @@ class OnlineStore(_Coalescing):
             raise RuntimeError("this OnlineStore was made without a sync client")
         if not pending:
             return 0
-        pipe = self.client.pipeline(transaction=False)
-        for keys, args in self._calls(pending):
-            self._script(keys=keys, args=args, client=pipe)
+        calls = list(self._calls(pending))
+        try:
+            return self._evalsha(calls)
+        except redis.exceptions.NoScriptError:  # Redis restarted or its scripts were flushed
+            self.client.script_load(_WRITE_IF_NEWER)
+            return self._evalsha(calls)  # the writes are conditional: redoing them is harmless
+
+    def _evalsha(self, calls: list[tuple[list[str], list]]) -> int:
+        pipe = _queue_evalsha(self.client.pipeline(transaction=False), self._script.sha, calls)
         return sum(int(r) for r in pipe.execute())
 
     async def write_async(self, pending: Pending) -> int:
@@ -186,14 +191,18 @@ class OnlineStore(_Coalescing):
                 return await self._evalsha_async(calls)  # the writes are conditional: redoing them is harmless
 
     async def _evalsha_async(self, calls: list[tuple[list[str], list]]) -> int:
-        # Plain EVALSHA commands, not the registered Script in the pipeline: that makes every execute check
-        # SCRIPT EXISTS first, a second round trip, and each round trip can wait behind a whole micro-batch
-        # on the worker's busy event loop.
-        pipe = self._async_client.pipeline(transaction=False)
-        sha = self._async_script.sha
-        for keys, args in calls:
-            pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+        pipe = _queue_evalsha(self._async_client.pipeline(transaction=False), self._async_script.sha, calls)
         return sum(int(r) for r in await pipe.execute())
+
+
+def _queue_evalsha(pipe: Any, sha: str, calls: list[tuple[list[str], list]]) -> Any:
+    """Queue the script calls on a pipeline (sync or async) as plain EVALSHA commands. Not the registered
+    Script objects: a pipeline holding them checks SCRIPT EXISTS before every execute, a second round trip,
+    and on the worker's busy event loop each round trip can wait behind a whole micro-batch. The callers
+    load the script again on NOSCRIPT."""
+    for keys, args in calls:
+        pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+    return pipe
 
 
 def read_features(client: redis.Redis, patient_id: str,

@@ -173,6 +173,16 @@ def test_online_store_async_writes_survive_a_flushed_script_cache(client):
         assert meta["event_id"] == f"e2-{i}" and np.array_equal(values, vector(2 + i), equal_nan=True)
 
 
+def test_online_store_sync_writes_survive_a_flushed_script_cache(client):
+    store = OnlineStore(client)
+    client.script_flush()
+    assert store.write({"PT00001": (1_000, "e1", vector(1))}) == 1
+    client.script_flush()
+    assert store.write({"PT00001": (2_000, "e2", vector(2))}) == 1
+    values, meta = read_features(client, "PT00001")
+    assert meta["event_id"] == "e2" and np.array_equal(values, vector(2), equal_nan=True)
+
+
 def test_online_store_coalesces_to_latest_per_patient(client):
     store = OnlineStore(client)
     for i in range(5):
