@@ -332,7 +332,9 @@ async def _on_assigned(app_, assigned, **kwargs) -> None:  # noqa: ANN001
 @app.task
 async def _on_worker_start() -> None:
     from streams.topics import ensure_topics_async
+    from vitalstream.process import log_build_statuses
 
+    log_build_statuses()
     start_http_server(settings.metrics_port, addr=settings.host)
     await ensure_topics_async(settings)
 

@@ -1,20 +1,27 @@
 """Throughput of the feature engine on synthetic vitals.
 
-    python bench/feature_engine.py [--events 200000] [--patients 200] [--profile]
+    python bench/feature_engine.py [--events 200000] [--patients 200] [--profile] [--pure-python]
 
 Each patient sends one vitals record per minute (+-5 s jitter); 2% of records
 arrive 1-10 minutes late (out of order, inside the allowed lateness). Reports
 events/s and the per-event cost for DictStateStore without and with the JSON
 round-trip a changelogged table would add, plus a pure-Python calibration loop
-so that figures from different machines can be compared.
+so that figures from different machines can be compared. The garbage collector is tuned as in the worker
+(`vitalstream/process.py: tune_gc`).
+
+`--pure-python` then runs the same benchmark again, in the same run, on a copy of the sources without the
+mypyc builds (vitalstream/compiled.py): the modules as plain Python.
 """
 from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
 import random
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from streams.events import CleanVitals  # noqa: E402
 from tables.state import DictStateStore, FeatureEngine, FeatureUpdate  # noqa: E402
+from vitalstream.compiled import build_statuses, copy_sources  # noqa: E402
+from vitalstream.process import tune_gc  # noqa: E402
+from vitalstream.settings import Settings  # noqa: E402
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
@@ -99,9 +109,14 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--patients", type=int, default=200)
     ap.add_argument("--profile", action="store_true", help="cProfile 50k events and print the top functions")
+    ap.add_argument("--pure-python", action="store_true",
+                    help="then the same on a copy of the sources without the compiled builds")
     args = ap.parse_args()
     events = make_events(args.events, args.patients)
+    tune_gc(Settings())
     n = len(events)
+    statuses = build_statuses()
+    print(f"modules: {', '.join(f'{m} ({s})' for m, s in statuses.items())}")
     print(f"{n} vitals events, {args.patients} patients, {out_of_order(events)} out of order "
           f"({out_of_order(events) / n:.1%}); calibration loop {calibration():.0f} ns/iter")  # fmt: skip
     for serialize, label in ((False, "engine + DictStateStore        "), (True, "engine + DictStateStore(JSON)  ")):
@@ -119,6 +134,13 @@ def main() -> None:
         run(events[: min(n, 50_000)], False)
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(15)
+    if args.pure_python:
+        with tempfile.TemporaryDirectory() as tmp:
+            sources = copy_sources(Path(tmp), extra=("bench",))
+            print("\n-- the same sources as plain Python:", flush=True)
+            subprocess.run([sys.executable, str(sources / "bench" / "feature_engine.py"), "--events", str(args.events),
+                            "--patients", str(args.patients)], cwd=sources, check=True,
+                           env={**os.environ, "PYTHONPATH": str(sources)})
 
 
 if __name__ == "__main__":

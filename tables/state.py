@@ -24,7 +24,7 @@ import struct
 from bisect import insort
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Protocol, Union
+from typing import Any, Callable, Iterable, Optional, Protocol, Union
 
 import numpy as np
 
@@ -215,7 +215,7 @@ class _Patient:
         self.ctx_bucket: Optional[int] = None  # bucket of `t` when the context was last written
         self.buckets: list[int] = []  # vitals bucket starts present in the store, sorted
         self.open_bucket: Optional[int] = None  # newest bucket and its rows, kept to avoid a read per event
-        self.open_rows: list[list[Any]] = []
+        self.open_rows: list[Any] = []  # tuples, or lists when read back from the store
         self.lab_vals: list[float] = []
         self.lab_until = -math.inf  # recompute the lab block when t reaches this (or labs change)
         self.med_vals: list[float] = []
@@ -249,7 +249,7 @@ class FeatureEngine:
         self.max_cached = max_cached_patients
         self._cache: OrderedDict[str, _Patient] = OrderedDict()
         self.rebuilds = 0
-        self._dispatch = {
+        self._dispatch: dict[type, Callable[[Any], Result]] = {
             CleanVitals: self._vitals,
             CleanLab: self._lab,
             CleanMedication: self._medication,
@@ -311,7 +311,7 @@ class FeatureEngine:
             return p
         # Every live bucket lies in [t - retention, t]: the context is rewritten whenever
         # t enters a new bucket, before any row is written there.
-        rows: list[list[Any]] = []
+        rows: list[Any] = []  # as stored: tuples, or lists read back from a serializing store
         first = (t - self.retention) // BUCKET_MS * BUCKET_MS
         for b in range(first, t // BUCKET_MS * BUCKET_MS + 1, BUCKET_MS):
             bucket = self.store.get(vitals_key(pid, b))

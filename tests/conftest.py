@@ -15,6 +15,20 @@ hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default")
 from vitalstream.settings import Settings
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # A compiled module is imported instead of its .py file: an edit not yet built would go untested.
+    from vitalstream.compiled import build_statuses, stray_builds
+
+    stale = [module for module, status in build_statuses().items() if status == "stale"]
+    if stale:
+        pytest.exit(f"{', '.join(stale)}: source changed since the mypyc build; rebuild with "
+                    "`pip install --no-deps --no-build-isolation -e .` (or `./dev setup`)", returncode=2)
+    stray = stray_builds()
+    if stray:
+        pytest.exit(f"builds of modules not compiled any more (they would run instead of their sources): "
+                    f"{', '.join(map(str, stray))}; delete them", returncode=2)
+
+
 @pytest.fixture(scope="session")
 def settings() -> Settings:
     return Settings()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -27,3 +28,16 @@ def test_the_worker_app_tunes_gc_when_imported():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     threshold, frozen = map(int, out.stdout.split()[-2:])
     assert threshold == 50_000 and frozen > 10_000
+
+
+def test_the_build_statuses_are_logged(caplog):
+    from vitalstream import compiled, process
+
+    with caplog.at_level(logging.INFO, logger="vitalstream.process"):
+        process.log_build_statuses()
+    statuses = compiled.build_statuses()
+    if all(status == "compiled" for status in statuses.values()):
+        assert caplog.text.count("compiled modules in use") == 1
+        assert all(module in caplog.text for module in statuses)
+    else:
+        assert "not running compiled" in caplog.text

@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import gc
+import logging
 
+from vitalstream.compiled import build_statuses
 from vitalstream.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def tune_gc(settings: Settings) -> None:
@@ -20,3 +24,13 @@ def tune_gc(settings: Settings) -> None:
         gc.set_threshold(settings.gc_gen0_threshold, gen1, gen2)
     gc.collect()  # what is garbage now is not frozen
     gc.freeze()  # the rest moves to the permanent generation: no collection walks it again
+
+
+def log_build_statuses() -> None:
+    """Say whether the hot modules run compiled (vitalstream/compiled.py); a slow worker starts here."""
+    statuses = build_statuses()
+    slow = {module: status for module, status in statuses.items() if status != "compiled"}
+    if slow:
+        log.warning("modules not running compiled (slower; rebuild with `pip install -e .`): %s", slow)
+    else:
+        log.info("compiled modules in use: %s", ", ".join(statuses))

@@ -9,12 +9,12 @@ sub-scores (NaN when none is available), see docs/features.md.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, TypeGuard
 
 NAN = math.nan
 
 
-def _ok(v: float | None) -> bool:
+def _ok(v: float | None) -> TypeGuard[float]:
     return v is not None and v == v
 
 

@@ -17,6 +17,10 @@ Min/max: one pair of monotonic deques per signal over the widest window; the
 narrower windows' extremes are the first deque entries inside them (a suffix
 maximum of the 24 h window is also the maximum of any suffix window).
 
+Divisions of the exact integers go through ``operator.truediv`` (``_div``), CPython's int division,
+which rounds the exact quotient once. The module is compiled with mypyc (setup.py), whose ``int / int``
+converts each operand to a double first and so rounds twice once they pass 2**53.
+
 Hot path (:meth:`VitalsWindows.push`): a current vitals row evicts, adds and
 recomputes each (signal, window) in one pass over local variables.
 """
@@ -25,6 +29,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections import deque
 from math import nan, sqrt
+from operator import truediv as _div  # int / int, correctly rounded (see below)
 from typing import Any, Optional
 
 from streams.vocab import VITAL_SIGNALS
@@ -59,7 +64,7 @@ def fixed_point(value: float, mode: int) -> Optional[int]:
     if v == x or mode == _BINARY:  # binary: exact for |value| >= 1, truncates below 2**-52 otherwise
         return v
     v = round(x)
-    return v if v / d == value else None
+    return v if _div(v, d) == value else None
 
 
 def required_mode(value: float, at_least: int = 0) -> int:
@@ -79,11 +84,11 @@ def window_stats(m: tuple[int, ...], d: int, dd: int, per_hour: float, hi: float
     if n == 0:
         return _EMPTY
     if n == 1:
-        return (s1 / d, nan, lo, hi, nan, 1)
+        return (_div(s1, d), nan, lo, hi, nan, 1)
     den = n * stt - st * st  # exact: 0 iff all times are equal
     return (
-        s1 / (n * d),
-        sqrt((n * s2 - s1 * s1) / (n * (n - 1) * dd)),
+        _div(s1, n * d),
+        sqrt(_div(n * s2 - s1 * s1, n * (n - 1) * dd)),
         lo,
         hi,
         float(n * stv - st * s1) / float(den) * per_hour if den else nan,
@@ -360,12 +365,12 @@ class VitalsWindows:
                 fixed.append(None)
                 continue
             x = v * sigs[si].fscale
-            V = int(x)
-            if V != x:
-                V = fixed_point(v, sigs[si].mode)  # type: ignore[assignment]
-                if V is None:
+            F: Optional[int] = int(x)
+            if F != x:
+                F = fixed_point(v, sigs[si].mode)
+                if F is None:
                     return False
-            fixed.append(V)
+            fixed.append(F)
         self.t = t
         rts.append(ts)
         rows.append(row)
@@ -461,12 +466,12 @@ class VitalsWindows:
                     hi = mv[bisect_right(mt, cut)]
                     lo = nv[bisect_right(nt, cut)]
                 if n == 1:
-                    vec[b : b + 6] = (s1 / d, nan, lo, hi, nan, 1)
+                    vec[b : b + 6] = (_div(s1, d), nan, lo, hi, nan, 1)
                     continue
                 den = n * stt - st * st
                 vec[b : b + 6] = (
-                    s1 / (n * d),
-                    sqrt((n * s2 - s1 * s1) / (n * (n - 1) * dd)),
+                    _div(s1, n * d),
+                    sqrt(_div(n * s2 - s1 * s1, n * (n - 1) * dd)),
                     lo,
                     hi,
                     float(n * stv - st * s1) / float(den) * per_hour if den else nan,
