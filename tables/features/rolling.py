@@ -30,29 +30,30 @@ from bisect import bisect_left, bisect_right
 from collections import deque
 from math import nan, sqrt
 from operator import truediv as _div  # int / int, correctly rounded (see below)
-from typing import Any, Optional
+from typing import Any, Final, Optional
 
 from streams.vocab import VITAL_SIGNALS
 
 from .registry import HOUR_MS, WINDOWS, rolling_base
 
-WINDOW_MS: tuple[int, ...] = tuple(ms for _, ms in WINDOWS)  # ascending, nested
-N_WINDOWS = len(WINDOW_MS)
-WIDEST_MS = WINDOW_MS[-1]
-N_SIGNALS = len(VITAL_SIGNALS)
-REANCHOR_MS = 48 * HOUR_MS
-_COMPACT_ROWS = 512  # drop dead rows in batches: `del rows[:k]` is a memmove
-_SCALES: tuple[int, ...] = (1, 10, 100, 1000, 10_000, 1 << 52)  # decimal k=0..4, then binary
-_BINARY = len(_SCALES) - 1
-_ZERO = (0, 0, 0, 0, 0, 0)  # (n, sum V, sum V^2, sum T, sum T^2, sum T*V)
-_EMPTY = (nan, nan, nan, nan, nan, 0)
+WINDOW_MS: Final[tuple[int, ...]] = tuple(ms for _, ms in WINDOWS)  # ascending, nested
+N_WINDOWS: Final = len(WINDOW_MS)
+WIDEST_MS: Final = WINDOW_MS[-1]
+N_SIGNALS: Final = len(VITAL_SIGNALS)
+REANCHOR_MS: Final = 48 * HOUR_MS
+_COMPACT_ROWS: Final = 512  # drop dead rows in batches: `del rows[:k]` is a memmove
+_SCALES: Final[tuple[int, ...]] = (1, 10, 100, 1000, 10_000, 1 << 52)  # decimal k=0..4, then binary
+_BINARY: Final = len(_SCALES) - 1
+_ZERO: Final = (0, 0, 0, 0, 0, 0)  # (n, sum V, sum V^2, sum T, sum T^2, sum T*V)
+_EMPTY: Final = (nan, nan, nan, nan, nan, 0)
 
 # In-memory vitals row: (ts_ms, source, *VITAL_SIGNALS values, consciousness, on_oxygen).
 Row = tuple
-ROW_VALUES = 2
-ROW_CONS = ROW_VALUES + N_SIGNALS
-ROW_O2 = ROW_CONS + 1
-_W0, _W1 = WINDOW_MS[0], WINDOW_MS[1]
+ROW_VALUES: Final = 2
+ROW_CONS: Final = ROW_VALUES + N_SIGNALS
+ROW_O2: Final = ROW_CONS + 1
+_W0: Final = WINDOW_MS[0]
+_W1: Final = WINDOW_MS[1]
 assert N_WINDOWS == 3  # the hot path is unrolled for three nested windows
 
 
