@@ -1,6 +1,7 @@
 """Throughput of the feature engine on synthetic vitals.
 
-    python bench/feature_engine.py [--events 200000] [--patients 200] [--profile] [--pure-python]
+    python bench/feature_engine.py [--events 200000] [--patients 200] [--profile]
+    python bench/feature_engine.py --pure-python [--rounds 4] [--events 60000] [--patients 1000]
 
 Each patient sends one vitals record per minute (+-5 s jitter); 2% of records
 arrive 1-10 minutes late (out of order, inside the allowed lateness). Reports
@@ -9,8 +10,8 @@ round-trip a changelogged table would add, plus a pure-Python calibration loop
 so that figures from different machines can be compared. The garbage collector is tuned as in the worker
 (`vitalstream/process.py: tune_gc`).
 
-`--pure-python` then runs the same benchmark again, in the same run, on a copy of the sources without the
-mypyc builds (vitalstream/compiled.py): the modules as plain Python.
+`--pure-python` instead compares the engine as built (the mypyc-compiled modules, vitalstream/compiled.py)
+with a copy of the same sources without the builds (plain Python), in alternating rounds (`--rounds`).
 """
 from __future__ import annotations
 
@@ -19,13 +20,15 @@ import cProfile
 import os
 import pstats
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from streams.events import CleanVitals  # noqa: E402
 from tables.state import DictStateStore, FeatureEngine, FeatureUpdate  # noqa: E402
@@ -104,18 +107,49 @@ def calibration() -> float:
     return (time.perf_counter() - t0) / 2_000_000 * 1e9
 
 
+def compare_builds(args: argparse.Namespace) -> None:
+    """The engine as built (compiled) and as plain Python, in alternating subprocesses: this VM's speed drifts
+    by tens of percent within minutes, so one run of each says little. Prints each round and the medians."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sources = copy_sources(Path(tmp), extra=("bench",))
+        builds = (("as built", ROOT, Path(__file__).resolve()), ("plain Python", sources, sources / "bench" / "feature_engine.py"))
+        results: dict[str, list[float]] = {label: [] for label, _, _ in builds}
+        for k in range(args.rounds):
+            for label, root, script in builds:
+                out = subprocess.run([sys.executable, str(script), "--events", str(args.events), "--patients",
+                                      str(args.patients), "--one-line"], cwd=root, check=True, capture_output=True,
+                                     text=True, env={**os.environ, "PYTHONPATH": str(root)}).stdout.split()
+                us, calibration_ns, build = float(out[0]), float(out[1]), out[2]
+                results[label].append(us)
+                print(f"round {k + 1}, {label:12} ({build}): {us:6.1f} us/event  (calibration loop {calibration_ns:.0f} ns)",
+                      flush=True)
+        a, b = (statistics.median(results[label]) for label, _, _ in builds)
+        print(f"median over {args.rounds} rounds: as built {a:.1f} us/event, plain Python {b:.1f} us/event "
+              f"({1 - a / b:.0%} less)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--patients", type=int, default=200)
     ap.add_argument("--profile", action="store_true", help="cProfile 50k events and print the top functions")
     ap.add_argument("--pure-python", action="store_true",
-                    help="then the same on a copy of the sources without the compiled builds")
+                    help="compare the compiled build with the same sources as plain Python, in alternating rounds")
+    ap.add_argument("--rounds", type=int, default=4, help="rounds of --pure-python")
+    ap.add_argument("--one-line", action="store_true", help=argparse.SUPPRESS)  # a --pure-python round
     args = ap.parse_args()
+    if args.pure_python:
+        compare_builds(args)
+        return
     events = make_events(args.events, args.patients)
     tune_gc(Settings())
     n = len(events)
     statuses = build_statuses()
+    if args.one_line:
+        _, cpu, _, _ = run(events, False)
+        build = "compiled" if set(statuses.values()) == {"compiled"} else "+".join(sorted(set(statuses.values())))
+        print(f"{cpu / n * 1e6:.2f} {calibration():.1f} {build.replace(' ', '_')}")
+        return
     print(f"modules: {', '.join(f'{m} ({s})' for m, s in statuses.items())}")
     print(f"{n} vitals events, {args.patients} patients, {out_of_order(events)} out of order "
           f"({out_of_order(events) / n:.1%}); calibration loop {calibration():.0f} ns/iter")  # fmt: skip
@@ -134,13 +168,6 @@ def main() -> None:
         run(events[: min(n, 50_000)], False)
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(15)
-    if args.pure_python:
-        with tempfile.TemporaryDirectory() as tmp:
-            sources = copy_sources(Path(tmp), extra=("bench",))
-            print("\n-- the same sources as plain Python:", flush=True)
-            subprocess.run([sys.executable, str(sources / "bench" / "feature_engine.py"), "--events", str(args.events),
-                            "--patients", str(args.patients)], cwd=sources, check=True,
-                           env={**os.environ, "PYTHONPATH": str(sources)})
 
 
 if __name__ == "__main__":
