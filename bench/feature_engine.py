@@ -1,7 +1,7 @@
 """Throughput of the feature engine on synthetic vitals.
 
     python bench/feature_engine.py [--events 200000] [--patients 200] [--profile]
-    python bench/feature_engine.py --pure-python [--rounds 4] [--events 60000] [--patients 1000]
+    python bench/feature_engine.py --pure-python [--rounds 4] [--events 200000] [--patients 200]
 
 Each patient sends one vitals record per minute (+-5 s jitter); 2% of records
 arrive 1-10 minutes late (out of order, inside the allowed lateness). Reports
