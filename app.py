@@ -9,12 +9,13 @@ from typing import Any, Awaitable, Callable
 
 import faust
 from faust.sensors.monitor import Monitor
+from faust.transport.conductor import Conductor
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from mode.services import WaitResults
 
 from streams import topics
-from streams.delivery import wait_first_eagerly
+from streams.delivery import RecordInbox, wait_first_eagerly
 from vitalstream.process import tune_gc
 from vitalstream.settings import get_settings
 
@@ -94,8 +95,22 @@ class VitalStreamConsumer(faust_aiokafka.Consumer):
         await super()._add_gap(tp, offset_from, offset_to)
 
 
+class VitalStreamConductor(Conductor):
+    """Faust's conductor; the records of a topic with an inbox in `inboxes` go straight into it (see
+    streams/delivery.py: RecordInbox), not through Faust's channels and streams."""
+
+    inboxes: dict[str, RecordInbox] = {}  # Kafka topic name -> inbox; filled by the agents at import
+
+    def _build_handler(self, tp: TP, channels: Any) -> Any:
+        inbox = self.inboxes.get(tp.topic)
+        if inbox is None:
+            return super()._build_handler(tp, channels)
+        return inbox.handler(self.app.flow_control.acquire)
+
+
 class KafkaTransport(faust_aiokafka.Transport):
     Consumer = VitalStreamConsumer
+    Conductor = VitalStreamConductor
 
 
 # Coroutine functions awaited when the worker stops, before Faust stops the consumer, tables and producer.

@@ -1,7 +1,7 @@
 """The live stream agent: clinical.* records through the shared Pipeline, in micro-batches.
 
-Records are taken without auto-ack and put in a deterministic order across topics
-(agents/ordering.py). Redis gets each patient's latest vector every
+Records come straight from Faust's fetch loop in batches (streams/delivery.py: RecordInbox), not
+through a Faust stream, and are put in a deterministic order across topics (agents/ordering.py). Redis gets each patient's latest vector every
 VITALSTREAM_ONLINE_FLUSH_MS (longer while catching up on a backlog). The lake sinks
 flush by row count or seconds, in the background; then the feature state is written
 to its table, the producer is flushed (changelog and dead letters durable) and only
@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import time
+from typing import AsyncIterator
 
 import redis.asyncio
 from faust.types import TP
@@ -22,10 +23,11 @@ from prometheus_client import start_http_server
 from agents import metrics
 from agents.ordering import MERGE_RANK, TimestampMerge
 from agents.pipeline import DeadLetter, Pipeline, RawRecord
-from app import app, before_stop, settings
+from app import VitalStreamConductor, app, before_stop, settings
 from sinks.lake import Lake
 from sinks.online import OnlineStore
 from streams import topics
+from streams.delivery import RecordInbox
 from streams.validation import Rejection, deadletter_record
 from tables.faust_tables import FaustTableStore
 
@@ -33,6 +35,10 @@ log = logging.getLogger(__name__)
 
 _RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 clinical_topic = app.topic(*(topics.kafka_name(settings, t) for t in topics.CLINICAL_TOPICS), **_RAW)
+# Faust's per-record delivery (the benchmark's baseline) goes through the agent's stream instead.
+inbox = None if settings.faust_per_record_paths else RecordInbox(app.conf.stream_buffer_maxsize)
+if inbox is not None:
+    VitalStreamConductor.inboxes.update(dict.fromkeys(clinical_topic.topics, inbox))
 deadletter_topic = app.topic(topics.kafka_name(settings, topics.DEADLETTER), **_RAW)
 
 # Small RocksDB buffers: one DB per partition, and the defaults (64 MiB x3, 2 GiB cache) are sized for big servers.
@@ -47,12 +53,11 @@ class _LiveState:
     def __init__(self) -> None:
         self.store = FaustTableStore(feature_state, batched=not settings.faust_per_record_paths)
         self.pipeline = build_pipeline(self.store)
-        self.unacked: list = []
+        self.unacked: list = []  # Faust Messages, acked once the sinks hold their data
         self.merge = TimestampMerge(settings.merge_grace_ms, settings.merge_max_idle_ms)
         self.inflight: asyncio.Task | None = None
         self.online_since: float | None = None  # when the oldest vector not yet in Redis was computed
         self.backlogged = False
-        self.stream = None
         self.last_flush = time.monotonic()
         self.lock = asyncio.Lock()
         self.revoked = False  # set from the start of a rebalance until the next batch of the new assignment
@@ -70,7 +75,7 @@ class _LiveState:
         # Unacked work is redone from the committed offsets by whoever owns the partitions next.
         if self.unacked:
             log.info("rebalance: %d unacked records left to redo from the committed offsets (%s)", len(self.unacked),
-                     _ranges(e.message for e in self.unacked))
+                     _ranges(self.unacked))
         self.store.discard()
         self.pipeline = build_pipeline(self.store)
         self.unacked.clear()
@@ -131,13 +136,13 @@ class _LiveState:
                 self.quiet.clear()  # nothing was taken meanwhile: restart the fetch watchdog's clocks
         sealed = self.pipeline.seal_lake()
         generation = self.store.seal()
-        events, self.unacked = self.unacked, []
+        messages, self.unacked = self.unacked, []
         sends, self.pending_sends = self.pending_sends, []
         online_writes, self.online_writes = self.online_writes, []
         self.last_flush = time.monotonic()
-        self.inflight = asyncio.create_task(self._complete(sealed, generation, events, sends, online_writes))
+        self.inflight = asyncio.create_task(self._complete(sealed, generation, messages, sends, online_writes))
 
-    async def _complete(self, sealed, generation, events, sends, online_writes) -> None:  # noqa: ANN001
+    async def _complete(self, sealed, generation, messages, sends, online_writes) -> None:  # noqa: ANN001
         try:
             for attempt in range(5):
                 try:
@@ -156,8 +161,9 @@ class _LiveState:
             await self.store.apply_async(generation)
             await app.producer.flush()  # dead letters
             await asyncio.gather(*sends)  # a dead letter that failed to send must not be acked away
-            for event in events:
-                await self.stream.ack(event)
+            ack = app.consumer.ack
+            for message in messages:
+                ack(message)
         except Exception:
             _fatal("completing a batch failed")
         self.inflight = None
@@ -177,7 +183,7 @@ _YIELD_AFTER_S = 0.005  # give the event loop a turn once processing ran this lo
 _WATCHDOG_EVERY_S = 1.0
 
 
-async def _in_sequence(live: _LiveState, events: list) -> list:
+async def _in_sequence(live: _LiveState, messages: list) -> list:
     """Hold every partition to deliver its records in sequence, without holes.
 
     Each record must be the one right after the previous record delivered of its partition; the first after
@@ -191,8 +197,7 @@ async def _in_sequence(live: _LiveState, events: list) -> list:
     has holes by design and is not checked.)
     """
     kept = []
-    for event in events:
-        msg = event.message
+    for msg in messages:
         tp = msg.tp
         expected = live.next_offset.get(tp)
         first = expected is None
@@ -218,7 +223,7 @@ async def _in_sequence(live: _LiveState, events: list) -> list:
                 await app.consumer.seek(tp, expected)
             continue
         live.next_offset[tp] = msg.offset + 1
-        kept.append(event)
+        kept.append(msg)
     return kept
 
 
@@ -291,10 +296,13 @@ async def _on_revoked(app_, revoked, **kwargs) -> None:  # noqa: ANN001
     if live is None:
         return
     live.revoked = True
-    # Records fetched in this generation and not yet handed to us (noack_take's buffer) are still delivered
-    # after the rebalance, ahead of the kept partitions' records re-read from the committed offsets. `_consume`
-    # drops them, or they would be merged (and applied) before earlier records of their own partition.
+    # Records fetched in this generation and not yet processed are redelivered from the committed offsets:
+    # drop those waiting in the inbox. Any still handed over after the rebalance (the rest of a fetched batch)
+    # come ahead of the kept partitions' records re-read from the committed offsets; `_consume` drops them, or
+    # they would be merged (and applied) before earlier records of their own partition.
     live.stale_generation = app.consumer_generation_id
+    if inbox is not None:
+        inbox.clear()
     async with live.lock:
         if live.inflight is not None:
             await asyncio.shield(live.inflight)
@@ -364,7 +372,7 @@ async def _ticker() -> None:
 
 
 async def _on_tick() -> None:
-    # noack_take yields only when records arrive: release records that waited out their grace, and flush a
+    # The agent runs only when records arrive: release records that waited out their grace, and flush a
     # quiet stream's tail, from here.
     live = _live
     if live is None or live.revoked or live.lock.locked():
@@ -445,10 +453,10 @@ async def _process_released(live: _LiveState) -> None:
     """Run the records the merge releases through the pipeline; write Redis once for all of them."""
     released = live.merge.release(time.monotonic() * 1000, _caught_up)  # monotonic: immune to clock steps
     # Released records are owed an ack whatever happens next.
-    live.unacked.extend(event for _, event in released)
+    live.unacked.extend(msg for _, msg in released)
     since_yield = time.perf_counter()
-    for i, (rec, event) in enumerate(released):
-        dead = _process_one(live, rec, event)
+    for i, (rec, msg) in enumerate(released):
+        dead = _process_one(live, rec, msg)
         if dead is not None:
             await _send_dead_letter(live, dead)
         if i & 31 == 31 and time.perf_counter() - since_yield > _YIELD_AFTER_S:
@@ -459,23 +467,23 @@ async def _process_released(live: _LiveState) -> None:
             since_yield = time.perf_counter()
             if live.revoked:  # a rebalance began: this uncommitted work is dropped and redone anyway
                 return
-    _record_lag(event.message for _, event in released)
+    _record_lag(msg for _, msg in released)
     if live.online_since is None and live.pipeline.online is not None and live.pipeline.online.buffered:
         live.online_since = time.monotonic()
     if live.online_due():
         live.flush_online()
 
 
-def _process_one(live: _LiveState, rec: RawRecord, event) -> DeadLetter | None:  # noqa: ANN001
+def _process_one(live: _LiveState, rec: RawRecord, msg) -> DeadLetter | None:  # noqa: ANN001
     """One record through the pipeline; the dead letter to send, if any. Synchronous: most records
     produce nothing to await, and a coroutine per record is measurable at thousands per second."""
-    live.store.bind(event)
+    live.store.bind(msg)
     try:
         return live.pipeline.process(rec)
     except OSError:  # the lake (or another dependency) failed: not the record's fault, so never dead-letter it
         raise
     except Exception:  # a bug must not stop the stream: dead-letter the record and go on
-        return _error_dead_letter(event.message)
+        return _error_dead_letter(msg)
 
 
 def _record_lag(messages) -> None:  # noqa: ANN001
@@ -493,7 +501,6 @@ def _record_lag(messages) -> None:  # noqa: ANN001
 async def process_clinical(stream) -> None:  # noqa: ANN001
     global _live
     live = _live = _LiveState()
-    live.stream = stream
     try:
         await _consume(live, stream)
     except Exception:
@@ -504,8 +511,8 @@ async def process_clinical(stream) -> None:  # noqa: ANN001
 def _current(live: _LiveState, msg) -> bool:  # noqa: ANN001
     """False for a record fetched before the latest rebalance (or during it).
 
-    Faust drops such records from its queues, but not from the batch noack_take is filling: that batch is
-    handed over after the rebalance, ahead of the records Faust then re-reads from the committed offsets.
+    The fetch loop may hand over records fetched before the rebalance after it (e.g. the rest of a fetched
+    batch), ahead of the records Faust then re-reads from the committed offsets.
     Merged, they would go first: e.g. a vital moving a patient's time more than the allowed lateness past a
     re-read earlier lab, which would then be dead-lettered as late instead of applied.
     Every record is redelivered from the committed offset anyway, so dropping (and never acking) them loses
@@ -518,33 +525,45 @@ def _current(live: _LiveState, msg) -> bool:  # noqa: ANN001
     return generation == app.consumer_generation_id and generation != live.stale_generation
 
 
+async def _batches(stream) -> AsyncIterator[list]:  # noqa: ANN001
+    """The fetched records, a batch at a time, as Faust Messages (acked by `_LiveState._complete`)."""
+    if inbox is None:  # the baseline: through the agent's Faust stream
+        async for events in stream.noack_take(settings.batch_max_events, within=settings.batch_max_seconds):
+            yield [event.message for event in events]
+        return
+    aiter(stream.channel)  # what iterating the stream would do first: subscribe the consumer to the topics
+    wait_until_producer_ebb = app.producer.buffer.wait_until_ebb
+    while not app.should_stop:
+        batch = await inbox.take(settings.batch_max_events)
+        await wait_until_producer_ebb()  # Faust's back-pressure when dead letters outrun the broker
+        yield batch
+
+
 async def _consume(live: _LiveState, stream) -> None:  # noqa: ANN001
-    async for events in stream.noack_take(settings.batch_max_events, within=settings.batch_max_seconds):
+    async for fetched in _batches(stream):
         async with live.lock:
-            current = [event for event in events if _current(live, event.message)]
+            current = [msg for msg in fetched if _current(live, msg)]
             current = await _in_sequence(live, current)
-            if len(current) < len(events):
-                metrics.STALE_DROPPED.inc(len(events) - len(current))
-            events = current
-            if not events:
+            if len(current) < len(fetched):
+                metrics.STALE_DROPPED.inc(len(fetched) - len(current))
+            if not current:
                 continue
             live.revoked = False
             # Catching up (far behind the highwater): coalesce Redis writes over a longer interval.
-            last = events[-1].message
+            last = current[-1]
             highwater = _highwater(last.tp)
             live.backlogged = highwater is not None and highwater - last.offset > settings.batch_max_events
             now_ms = time.monotonic() * 1000  # merge timing only (see TimestampMerge)
-            for event in events:
-                msg = event.message
+            for msg in current:
                 rec = RawRecord(topics.logical_name(settings, msg.topic), msg.partition, msg.offset,
                                 round(msg.timestamp * 1000), msg.key, msg.value)
                 if rec.topic in MERGE_RANK:
-                    live.merge.add(rec, event, now_ms)
+                    live.merge.add(rec, msg, now_ms)
                 else:  # adverse events (and anything unexpected) need no ordering
-                    dead = _process_one(live, rec, event)
+                    dead = _process_one(live, rec, msg)
                     if dead is not None:
                         await _send_dead_letter(live, dead)
-                    live.unacked.append(event)
+                    live.unacked.append(msg)
                     _record_lag([msg])
             await _process_released(live)
             if live.revoked:  # revoked mid-batch: nothing of it may be acked (see _on_revoked)

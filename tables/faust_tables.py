@@ -30,9 +30,20 @@ from tables.state import write_rank
 _DELETED = object()
 
 
+class _Routed:
+    """What Faust's table and RocksDB store read of the current event: its message (partition, topic)."""
+
+    __slots__ = ("message", "__weakref__")
+
+    def __init__(self, message: Any) -> None:
+        self.message = message
+
+
 @contextmanager
-def as_event(event: Any) -> Iterator[None]:
-    token = _current_event.set(weakref.ref(event))
+def as_event(message: Any) -> Iterator[None]:
+    """Route table reads and writes to `message`'s partition, as if Faust's stream were processing it."""
+    routed = _Routed(message)  # held here: Faust keeps only a weak reference
+    token = _current_event.set(weakref.ref(routed))
     try:
         yield
     finally:
@@ -40,7 +51,7 @@ def as_event(event: Any) -> Iterator[None]:
 
 
 class FaustTableStore:
-    """A StateStore over a Faust table; `bind` the event before each engine call.
+    """A StateStore over a Faust table; `bind` the record (a Faust Message) before each engine call.
 
     Writes accumulate in the current generation. `seal` closes it (its events' rows are
     being written to the lake in the background) and `apply` writes a sealed
@@ -52,17 +63,17 @@ class FaustTableStore:
         """batched: write a RocksDB Faust table with ChangelogWriter (else per key, as other tables)."""
         self.table = table
         self.batched = batched
-        self._event: Any = None
+        self._message: Any = None
         self._current: dict[int, dict[str, Any]] = {}
-        self._events: dict[int, Any] = {}
+        self._messages: dict[int, Any] = {}  # per partition, a record of it (routes the writes)
         self._sealed: list[tuple[dict[int, dict[str, Any]], dict[int, Any]]] = []
 
-    def bind(self, event: Any) -> None:
-        """Keys touched from now on belong to this event's partition."""
-        self._event = event
+    def bind(self, message: Any) -> None:
+        """Keys touched from now on belong to this record's partition."""
+        self._message = message
 
     def _partition(self) -> int:
-        return self._event.message.partition
+        return self._message.partition
 
     def get(self, key: str) -> Any | None:
         p = self._partition()
@@ -71,27 +82,27 @@ class FaustTableStore:
             if part is not None and key in part:
                 value = part[key]
                 return None if value is _DELETED else value
-        with as_event(self._event):
+        with as_event(self._message):
             return self.table.get(key)
 
     def set(self, key: str, value: Any) -> None:
         p = self._partition()
         self._current.setdefault(p, {})[key] = value
-        self._events[p] = self._event
+        self._messages[p] = self._message
 
     def delete(self, key: str) -> None:
         p = self._partition()
         self._current.setdefault(p, {})[key] = _DELETED
-        self._events[p] = self._event
+        self._messages[p] = self._message
 
     @property
     def pending_writes(self) -> int:
         return sum(len(w) for w in self._current.values())
 
     def seal(self) -> tuple[dict[int, dict[str, Any]], dict[int, Any]]:
-        generation = (self._current, self._events)
+        generation = (self._current, self._messages)
         self._sealed.append(generation)
-        self._current, self._events = {}, {}
+        self._current, self._messages = {}, {}
         return generation
 
     def apply(self, generation: tuple[dict[int, dict[str, Any]], dict[int, Any]]) -> int:
@@ -103,10 +114,10 @@ class FaustTableStore:
         """`apply` through `table[key] = value`, yielding the number of keys written after every `step` of
         them, so a caller on the event loop can let other work run in between. Reads see the generation
         until the last step."""
-        writes, events = generation
+        writes, messages = generation
         n = 0
         for p, ordered in _in_write_order(writes):
-            with as_event(events[p]):
+            with as_event(messages[p]):
                 for key, value in ordered:
                     if value is _DELETED:
                         if key in self.table:
@@ -134,8 +145,8 @@ class FaustTableStore:
             if producer is not None:
                 await producer.flush()  # Faust's per-key sends were only queued
             return n
-        writes, events = generation
-        n = sum([await writer.write(p, ordered, events[p].message.topic) for p, ordered in _in_write_order(writes)])
+        writes, messages = generation
+        n = sum([await writer.write(p, ordered, messages[p].topic) for p, ordered in _in_write_order(writes)])
         await writer.delivered()
         self._retire(generation)
         return n
@@ -148,7 +159,7 @@ class FaustTableStore:
         return self.apply(self.seal())
 
     def discard(self) -> None:
-        self._current, self._events = {}, {}
+        self._current, self._messages = {}, {}
         self._sealed.clear()
 
 

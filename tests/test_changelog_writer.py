@@ -39,12 +39,8 @@ tables = {"theirs": app.Table("theirs", partitions=2), "ours": app.Table("ours",
 for table in tables.values():
     table._verified_source_topics_for_partitions.add("source")  # no consumer here to ask
 
-class Event:
-    def __init__(self, partition):
-        self.message = SimpleNamespace(partition=partition, topic="source")
-
 def fill(store, round_):
-    events = [Event(0), Event(1)]
+    events = [SimpleNamespace(partition=0, topic="source"), SimpleNamespace(partition=1, topic="source")]
     for i in range(1200):  # more keys than ChangelogWriter writes between returns to the event loop
         store.bind(events[i % 2])
         if round_ == 1 and i % 3 == 0:

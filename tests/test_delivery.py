@@ -1,4 +1,5 @@
-"""streams/delivery.py: Faust's per-record wait_first, with the record's callback run inline first."""
+"""streams/delivery.py: Faust's per-record wait_first, with the record's callback run inline first; the inbox
+that hands fetched records to the agent in batches."""
 from __future__ import annotations
 
 import asyncio
@@ -7,8 +8,9 @@ from typing import Awaitable, Callable
 
 import pytest
 from mode import Service
+from mode.utils.queues import FlowControlEvent
 
-from streams.delivery import wait_first_eagerly
+from streams.delivery import RecordInbox, wait_first_eagerly
 
 
 def _with_service(test: Callable[[Service], Awaitable[None]]) -> None:
@@ -147,3 +149,71 @@ def test_cancelling_the_waiter_cancels_a_suspended_callback() -> None:
         assert cancelled == [True]
 
     _with_service(main)
+
+
+def _inbox(maxsize: int) -> tuple[RecordInbox, FlowControlEvent, Callable]:
+    flow = FlowControlEvent()
+    flow.resume()  # as Faust's app while partitions are assigned
+    inbox = RecordInbox(maxsize)
+    return inbox, flow, inbox.handler(flow.acquire)
+
+
+def test_inbox_hands_records_over_in_arrival_order_in_bounded_batches() -> None:
+    async def main() -> None:
+        inbox, _, on_message = _inbox(100)
+        taker = asyncio.create_task(inbox.take(4))
+        await asyncio.sleep(0)
+        assert not taker.done()  # nothing there yet: take waits
+        for i in range(10):
+            await on_message(i)
+        assert await asyncio.wait_for(taker, 5) == [0, 1, 2, 3]
+        assert await inbox.take(4) == [4, 5, 6, 7]
+        assert await inbox.take(4) == [8, 9]
+        assert len(inbox) == 0
+
+    asyncio.run(main())
+
+
+def test_full_inbox_holds_the_fetch_loop_until_the_agent_takes() -> None:
+    async def main(service: Service) -> None:
+        inbox, _, on_message = _inbox(3)
+        for i in range(3):
+            assert (await wait_first_eagerly(service.wait_first, on_message(i), asyncio.Event().wait())).results
+        # Full: the fetch loop's delivery of the next record suspends, and resumes once there is room.
+        delivery = asyncio.create_task(wait_first_eagerly(service.wait_first, on_message(3), asyncio.Event().wait()))
+        await asyncio.sleep(0.01)
+        assert not delivery.done() and len(inbox) == 3
+        assert await inbox.take(2) == [0, 1]
+        await asyncio.wait_for(delivery, 5)
+        assert await inbox.take(10) == [2, 3]  # nothing lost, order kept
+
+    _with_service(main)
+
+
+def test_rebalance_suspending_the_flow_interrupts_a_full_inbox_and_clear_drops_what_waits() -> None:
+    async def main(service: Service) -> None:
+        inbox, flow, on_message = _inbox(2)
+        await on_message("a")
+        await on_message("b")
+        suspend_flow = asyncio.Event()
+        delivery = asyncio.create_task(wait_first_eagerly(service.wait_first, on_message("c"), suspend_flow.wait()))
+        await asyncio.sleep(0.01)
+        flow.suspend()
+        suspend_flow.set()  # Faust's consumer.stop_flow(): the fetch loop stops waiting on the full inbox
+        await asyncio.wait_for(delivery, 5)
+        assert inbox.clear() == 2  # the revocation drops the records fetched before it
+        assert len(inbox) == 0
+        # While the flow is suspended, delivery waits; it goes on once the flow resumes.
+        held = asyncio.create_task(on_message("d"))
+        await asyncio.sleep(0.01)
+        assert not held.done()
+        flow.resume()
+        await asyncio.wait_for(held, 5)
+        assert await inbox.take(10) == ["d"]  # "c" was never delivered: it is fetched again from the commit
+
+    _with_service(main)
+
+
+def test_inbox_needs_room_for_a_record() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        RecordInbox(0)

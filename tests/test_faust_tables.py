@@ -13,13 +13,9 @@ from tables.faust_tables import FaustTableStore
 from tables.state import FeatureEngine, FeatureUpdate
 
 
-class _Event:  # Faust keeps a weak reference to the current event
-    def __init__(self, partition: int) -> None:
-        self.message = SimpleNamespace(partition=partition)
-
-
-def _event(partition: int) -> _Event:
-    return _Event(partition)
+def _event(partition: int) -> SimpleNamespace:
+    """A record of a partition, as the store reads it (a Faust Message)."""
+    return SimpleNamespace(partition=partition, topic="source")
 
 
 def test_apply_in_steps_writes_everything_and_reads_stay_consistent() -> None:

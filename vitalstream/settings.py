@@ -76,11 +76,11 @@ class Settings(BaseSettings):
     # at live rates, each decoded in Python. 64 KiB or 25 ms: few fetches, at most 25 ms added.
     fetch_min_bytes: int = 65_536
     fetch_max_wait_ms: int = 25
-    batch_max_events: int = 1_000  # micro-batch of the agent; Redis is written once per batch
-    batch_max_seconds: float = 0.025
+    batch_max_events: int = 1_000  # micro-batch of the agent: at most this many records
+    batch_max_seconds: float = 0.025  # baseline only: how long Faust's noack_take fills a micro-batch
     # Benchmark baseline only (bench/stream_throughput.py --faust-baseline): Faust's own per-record delivery
-    # (four tasks per record) and per-key table writes, instead of the worker's inline delivery and batched
-    # changelog writes.
+    # (four tasks per record, then a Faust stream) and per-key table writes, instead of the worker's inline
+    # delivery into its inbox and batched changelog writes.
     faust_per_record_paths: bool = False
     # Python's cyclic GC scans young objects every 700 allocations; a worker allocates tens per event, and each
     # scan also walks the survivors (patients' windows). Collect young objects every this many allocations
