@@ -375,18 +375,22 @@ async def _on_tick() -> None:
     # The agent runs only when records arrive: release records that waited out their grace, and flush a
     # quiet stream's tail, from here.
     live = _live
-    if live is None or live.revoked or live.lock.locked():
+    if live is None or live.lock.locked():
         return
     try:
         async with live.lock:
-            if live.merge.buffered:
-                await _process_released(live)
-                if live.revoked:  # revoked mid-batch: nothing of it may be acked (see _on_revoked)
-                    return
-            if live.online_due():
-                live.flush_online()
-            if live.flush_due():
-                await live.flush_and_ack()
+            # From a revocation until the new assignment's first batch there is nothing to release or flush. The
+            # watchdog runs regardless: if every record a partition delivers is out of sequence, that first batch
+            # never comes (seen with two workers starting on a backlog: one sat idle for good).
+            if not live.revoked:
+                if live.merge.buffered:
+                    await _process_released(live)
+                    if live.revoked:  # revoked mid-batch: nothing of it may be acked (see _on_revoked)
+                        return
+                if live.online_due():
+                    live.flush_online()
+                if live.flush_due():
+                    await live.flush_and_ack()
             await _watch_fetching(live)
     except Exception:
         _fatal("the ticker failed")
@@ -420,6 +424,9 @@ async def _watch_fetching(live: _LiveState) -> None:
     """
     now = time.monotonic()
     if now - live.watchdog_at < _WATCHDOG_EVERY_S:
+        return
+    if app.rebalancing:  # until Faust's recovery resumes the flow, partitions are paused by design
+        live.quiet.clear()
         return
     live.watchdog_at = now
     stall_s = min(settings.fetch_stall_s, settings.merge_max_idle_ms / 3000)

@@ -207,13 +207,18 @@ def live_latency(settings: Settings, workers: list[WorkerProcess], rate: float, 
 
 def export_revision(rev: str, tmp: Path) -> Path:
     """The repository's files at git revision `rev`, in a folder of their own (not a worktree: nothing to
-    clean up in the repository)."""
+    clean up in the repository), with its compiled modules built, if it has any (setup.py), as an install
+    would: else that worker would run them as plain Python, and the comparison would be unfair to it."""
     sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", f"{rev}^{{commit}}"], check=True,
                          capture_output=True, text=True).stdout.strip()
     folder = tmp / f"rev-{sha}"
     folder.mkdir()
     archive = subprocess.run(["git", "-C", str(REPO), "archive", sha], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    if (folder / "setup.py").exists():
+        print(f"building {sha}'s compiled modules ...", flush=True)
+        subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=folder, check=True,
+                       stdout=subprocess.DEVNULL)
     return folder
 
 

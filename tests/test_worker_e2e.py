@@ -123,6 +123,24 @@ def test_second_worker_joining_mid_stream_rebalances_without_loss(env, tmp_path)
     assert first.proc.poll() is None and second.proc.poll() is None, "a worker died in the rebalance"
 
 
+def test_two_workers_starting_together_on_a_backlog_both_finish(env, tmp_path):
+    # Each joins while the other starts: rebalances during startup, records fetched before Faust's seek to the
+    # committed offsets, partitions sought back (agents/clinical.py: _in_sequence). A worker whose every record
+    # was out of sequence once sat idle for good (bench/stream_throughput.py, two workers on a backlog): its
+    # fetch watchdog only ran after a first batch of the new assignment.
+    settings, client, workers = env
+    produced = produce(settings, sim_items(seed=14, patients=24, hours=24))
+    oracle = run_oracle(settings, in_merge_order(produced), tmp_path / "oracle-lake")
+    lake = Lake.from_settings(settings)
+    first = WorkerProcess(settings, tmp_path / "worker1.log").start()
+    second = WorkerProcess(another_worker(settings, tmp_path / "worker-data-2"), tmp_path / "worker2.log").start()
+    workers += [first, second]
+    first.wait_ready()
+    second.wait_ready()
+    wait_for(lambda: count_offline(lake) >= oracle.offline_rows, 240, "both workers to finish")
+    assert_matches_oracle(settings, oracle, lake, client)
+    assert first.proc.poll() is None and second.proc.poll() is None, "a worker died"
+
 
 def test_stopping_mid_stream_exits_cleanly_and_a_restart_finishes(env, tmp_path):
     # SIGTERM while a backlog is being processed: the stop hook waits for the micro-batch under way (it yields
