@@ -556,10 +556,13 @@ async def _consume(live: _LiveState, stream) -> None:  # noqa: ANN001
             if not current:
                 continue
             live.revoked = False
-            # Catching up (far behind the highwater): coalesce Redis writes over a longer interval.
+            # Catching up on a backlog (far behind the highwater, on records older than the backlog interval):
+            # coalesce Redis writes over that longer interval. After a brief stall at live rates records wait too,
+            # but a few seconds of coalescing would then add seconds to records only a little late.
             last = current[-1]
             highwater = _highwater(last.tp)
-            live.backlogged = highwater is not None and highwater - last.offset > settings.batch_max_events
+            live.backlogged = (highwater is not None and highwater - last.offset > settings.batch_max_events
+                               and time.time() - last.timestamp > settings.online_flush_backlog_ms / 1000)
             now_ms = time.monotonic() * 1000  # merge timing only (see TimestampMerge)
             for msg in current:
                 rec = RawRecord(topics.logical_name(settings, msg.topic), msg.partition, msg.offset,

@@ -85,6 +85,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+_READY = "Worker]: Ready"
+
+
 class WorkerProcess:
     """`faust -A app worker` in a subprocess with the test's settings."""
 
@@ -96,6 +99,9 @@ class WorkerProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "WorkerProcess":
+        # Readiness counts from this start: a restart appends to the same log, and a worker may become ready
+        # before anyone waits for it (e.g. while the test waits for another worker).
+        self._ready_mark = self.log_text().count(_READY) if self.log_path.exists() else 0
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "faust", "-A", "app", "worker", "-l", "info"],
                                      cwd=self.code_dir, env=settings_env(self.settings), stdout=log,
@@ -106,8 +112,7 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")
 
     def wait_ready(self, timeout_s: float = 90) -> None:
-        mark = self.log_text().count("Worker]: Ready")
-        wait_for(lambda: self.log_text().count("Worker]: Ready") > mark or self.proc.poll() is not None,
+        wait_for(lambda: self.log_text().count(_READY) > self._ready_mark or self.proc.poll() is not None,
                  timeout_s, "the worker to be ready")
         assert self.proc.poll() is None, f"worker exited:\n{self.log_text()[-3000:]}"
 

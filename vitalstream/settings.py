@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     fetch_stall_s: float = 6.0  # a lagging partition that delivers nothing this long is sought again (at most
     # a third of the merge's max idle, so the merge never gives up on it first; agents/clinical.py)
     online_flush_ms: int = 25  # Redis write interval when caught up (coalesces a patient's vectors)
-    online_flush_backlog_ms: int = 5_000  # ... and while catching up on a backlog, where latency is lag anyway
+    online_flush_backlog_ms: int = 5_000  # ... and while catching up on a backlog (records older than this)
     # A fetch returns when fetch_min_bytes are waiting or after fetch_max_wait_ms (app.py). Faust hardcodes a
     # 1.5 s wait, which added up to 1.5 s of latency; a minimum of one byte meant a fetch per record or two
     # at live rates, each decoded in Python. 64 KiB or 25 ms: few fetches, at most 25 ms added.
