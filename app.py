@@ -105,7 +105,8 @@ class VitalStreamConductor(Conductor):
         inbox = self.inboxes.get(tp.topic)
         if inbox is None:
             return super()._build_handler(tp, channels)
-        return inbox.handler(self.app.flow_control.acquire)
+        consumer = self.app.consumer
+        return inbox.handler(tp, self.app.flow_control.acquire, consumer.on_buffer_full, consumer.on_buffer_drop)
 
 
 class KafkaTransport(faust_aiokafka.Transport):

@@ -541,6 +541,9 @@ async def _batches(stream) -> AsyncIterator[list]:  # noqa: ANN001
     aiter(stream.channel)  # what iterating the stream would do first: subscribe the consumer to the topics
     wait_until_producer_ebb = app.producer.buffer.wait_until_ebb
     while not app.should_stop:
+        # A turn for the rest of the event loop between batches, outside the agent's lock (the ticker finds it
+        # locked whenever processing yields mid-batch); `take` returns at once while records wait.
+        await asyncio.sleep(0)
         batch = await inbox.take(settings.batch_max_events)
         await wait_until_producer_ebb()  # Faust's back-pressure when dead letters outrun the broker
         yield batch
@@ -551,6 +554,8 @@ async def _consume(live: _LiveState, stream) -> None:  # noqa: ANN001
         async with live.lock:
             current = [msg for msg in fetched if _current(live, msg)]
             current = await _in_sequence(live, current)
+            # Here too, not only from the ticker: under load the agent holds the lock nearly all the time.
+            await _watch_fetching(live)
             if len(current) < len(fetched):
                 metrics.STALE_DROPPED.inc(len(fetched) - len(current))
             if not current:

@@ -65,33 +65,45 @@ class RecordInbox:
     and the stream's per-record iteration (a loop turn, sensors, processors and context variables per record),
     then acks through Event reference counts. That was about a fifth of the worker's time on a backlog
     (docs/benchmarks.md). The agent takes the Faust `Message`s as they are and acks them itself
-    (`Consumer.ack`), so commits work as before. Bounded: when full, the fetch loop waits (as it does on a
-    full stream queue); a rebalance's flow suspension interrupts that wait, as it does Faust's.
+    (`Consumer.ack`), so commits work as before.
+
+    Bounded the way Faust bounds a stream's queue under pressure: a record arriving at a full inbox is still
+    taken, and its partition stops being fetched (`Consumer.on_buffer_full`) until the inbox is down to half
+    (`on_buffer_drop`). The fetch loop itself never waits here: a loop held mid-batch would set Faust's read
+    offset after any seek made meanwhile, and Faust would then drop the records re-fetched below it. So the
+    inbox can exceed its size by the rest of one fetched batch. A rebalance's flow suspension holds delivery
+    (`acquire_flow_control`), as Faust's conductor does.
     """
 
     def __init__(self, maxsize: int) -> None:
-        if maxsize < 1:
-            raise ValueError(f"inbox maxsize must be at least 1, got {maxsize}")
+        if maxsize < 2:
+            raise ValueError(f"inbox maxsize must be at least 2, got {maxsize}")
         self.maxsize = maxsize
         self._records: deque = deque()
         self._arrived = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
+        self._paused: dict[Any, Callable[[Any], None]] = {}  # partition -> its resume callback
 
     def __len__(self) -> int:
         return len(self._records)
 
-    def handler(self, acquire_flow_control: Callable[[], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
-        """The fetch loop's per-record callback (Faust's conductor calls one per topic-partition)."""
-        records, arrived, room = self._records, self._arrived, self._room
+    @property
+    def paused(self) -> set:
+        """Partitions not fetched until the inbox is down to half its size."""
+        return set(self._paused)
+
+    def handler(self, tp: Any, acquire_flow_control: Callable[[], Awaitable[None]],
+                on_full: Callable[[Any], None], on_drop: Callable[[Any], None]) -> Callable[[Any], Awaitable[None]]:
+        """The fetch loop's per-record callback for partition `tp` (Faust's conductor builds one per partition).
+        on_full / on_drop: stop and resume fetching `tp` (Faust's Consumer.on_buffer_full / on_buffer_drop)."""
+        records, arrived, paused = self._records, self._arrived, self._paused
         maxsize = self.maxsize
 
         async def on_message(message: Any) -> None:
             await acquire_flow_control()  # blocks while a rebalance has the flow suspended
-            while len(records) >= maxsize:
-                room.clear()
-                await room.wait()
             records.append(message)
+            if len(records) >= maxsize and tp not in paused:
+                paused[tp] = on_drop
+                on_full(tp)
             if not arrived.is_set():
                 arrived.set()
 
@@ -105,12 +117,16 @@ class RecordInbox:
             await self._arrived.wait()
         n = min(max_records, len(records))
         batch = [records.popleft() for _ in range(n)]
-        self._room.set()
+        if self._paused and len(records) <= self.maxsize // 2:
+            paused, self._paused = self._paused, {}
+            for tp, on_drop in paused.items():
+                on_drop(tp)
         return batch
 
     def clear(self) -> int:
-        """Drop everything waiting (a rebalance: the records are redelivered from the committed offsets)."""
+        """Drop everything waiting (a revocation: the records are redelivered from the committed offsets). Paused
+        partitions are forgotten, not resumed: the new assignment makes Faust's set of fetched partitions anew."""
         n = len(self._records)
         self._records.clear()
-        self._room.set()
+        self._paused = {}
         return n

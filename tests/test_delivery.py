@@ -151,21 +151,36 @@ def test_cancelling_the_waiter_cancels_a_suspended_callback() -> None:
     _with_service(main)
 
 
-def _inbox(maxsize: int) -> tuple[RecordInbox, FlowControlEvent, Callable]:
+class _Fetching:
+    """The consumer's set of fetched partitions, as Faust's on_buffer_full / on_buffer_drop change it."""
+
+    def __init__(self, *tps: str) -> None:
+        self.active = set(tps)
+
+    def on_full(self, tp: str) -> None:
+        self.active.discard(tp)
+
+    def on_drop(self, tp: str) -> None:
+        self.active.add(tp)
+
+
+def _inbox(maxsize: int, *tps: str) -> tuple[RecordInbox, FlowControlEvent, _Fetching, dict[str, Callable]]:
     flow = FlowControlEvent()
     flow.resume()  # as Faust's app while partitions are assigned
+    fetching = _Fetching(*tps)
     inbox = RecordInbox(maxsize)
-    return inbox, flow, inbox.handler(flow.acquire)
+    handlers = {tp: inbox.handler(tp, flow.acquire, fetching.on_full, fetching.on_drop) for tp in tps}
+    return inbox, flow, fetching, handlers
 
 
 def test_inbox_hands_records_over_in_arrival_order_in_bounded_batches() -> None:
     async def main() -> None:
-        inbox, _, on_message = _inbox(100)
+        inbox, _, _, on = _inbox(100, "a", "b")
         taker = asyncio.create_task(inbox.take(4))
         await asyncio.sleep(0)
         assert not taker.done()  # nothing there yet: take waits
         for i in range(10):
-            await on_message(i)
+            await on["a" if i % 2 else "b"](i)
         assert await asyncio.wait_for(taker, 5) == [0, 1, 2, 3]
         assert await inbox.take(4) == [4, 5, 6, 7]
         assert await inbox.take(4) == [8, 9]
@@ -174,46 +189,47 @@ def test_inbox_hands_records_over_in_arrival_order_in_bounded_batches() -> None:
     asyncio.run(main())
 
 
-def test_full_inbox_holds_the_fetch_loop_until_the_agent_takes() -> None:
+def test_full_inbox_stops_fetching_the_partition_without_holding_the_fetch_loop() -> None:
     async def main(service: Service) -> None:
-        inbox, _, on_message = _inbox(3)
+        inbox, _, fetching, on = _inbox(4, "a", "b")
         for i in range(3):
-            assert (await wait_first_eagerly(service.wait_first, on_message(i), asyncio.Event().wait())).results
-        # Full: the fetch loop's delivery of the next record suspends, and resumes once there is room.
-        delivery = asyncio.create_task(wait_first_eagerly(service.wait_first, on_message(3), asyncio.Event().wait()))
-        await asyncio.sleep(0.01)
-        assert not delivery.done() and len(inbox) == 3
-        assert await inbox.take(2) == [0, 1]
-        await asyncio.wait_for(delivery, 5)
-        assert await inbox.take(10) == [2, 3]  # nothing lost, order kept
+            assert (await wait_first_eagerly(service.wait_first, on["a"](i), asyncio.Event().wait())).results
+        assert fetching.active == {"a", "b"} and not inbox.paused
+        # The record that fills the inbox is taken, and its partition is no longer fetched; the fetch loop's
+        # delivery of the rest of its batch never waits (a held loop would undo seeks made meanwhile).
+        for i in range(3, 6):
+            assert (await wait_first_eagerly(service.wait_first, on["a"](i), asyncio.Event().wait())).results
+        await on["b"](6)
+        assert fetching.active == set() and inbox.paused == {"a", "b"} and len(inbox) == 7
+        assert await inbox.take(4) == [0, 1, 2, 3]
+        assert fetching.active == set()  # 3 left: more than half of 4
+        assert await inbox.take(1) == [4]
+        assert fetching.active == {"a", "b"} and not inbox.paused  # down to half: fetched again
+        assert await inbox.take(10) == [5, 6]  # nothing lost, order kept
 
     _with_service(main)
 
 
-def test_rebalance_suspending_the_flow_interrupts_a_full_inbox_and_clear_drops_what_waits() -> None:
-    async def main(service: Service) -> None:
-        inbox, flow, on_message = _inbox(2)
-        await on_message("a")
-        await on_message("b")
-        suspend_flow = asyncio.Event()
-        delivery = asyncio.create_task(wait_first_eagerly(service.wait_first, on_message("c"), suspend_flow.wait()))
+def test_rebalance_holds_delivery_while_the_flow_is_suspended_and_clear_drops_what_waits() -> None:
+    async def main() -> None:
+        inbox, flow, fetching, on = _inbox(2, "a")
+        await on["a"]("x")
+        await on["a"]("y")
+        assert inbox.paused == {"a"}
+        flow.suspend()  # the revocation: Faust suspends the flow, then the agent empties the inbox
+        assert inbox.clear() == 2
+        assert len(inbox) == 0 and not inbox.paused
+        assert fetching.active == set()  # not resumed by the inbox: the new assignment sets what is fetched
+        held = asyncio.create_task(on["a"]("z"))
         await asyncio.sleep(0.01)
-        flow.suspend()
-        suspend_flow.set()  # Faust's consumer.stop_flow(): the fetch loop stops waiting on the full inbox
-        await asyncio.wait_for(delivery, 5)
-        assert inbox.clear() == 2  # the revocation drops the records fetched before it
-        assert len(inbox) == 0
-        # While the flow is suspended, delivery waits; it goes on once the flow resumes.
-        held = asyncio.create_task(on_message("d"))
-        await asyncio.sleep(0.01)
-        assert not held.done()
+        assert not held.done() and len(inbox) == 0  # delivery waits while the flow is suspended
         flow.resume()
         await asyncio.wait_for(held, 5)
-        assert await inbox.take(10) == ["d"]  # "c" was never delivered: it is fetched again from the commit
+        assert await inbox.take(10) == ["z"]
 
-    _with_service(main)
+    asyncio.run(main())
 
 
-def test_inbox_needs_room_for_a_record() -> None:
-    with pytest.raises(ValueError, match="at least 1"):
-        RecordInbox(0)
+def test_inbox_needs_room_for_records() -> None:
+    with pytest.raises(ValueError, match="at least 2"):
+        RecordInbox(1)
