@@ -117,9 +117,11 @@ class RecordInbox:
             await self._arrived.wait()
         n = min(max_records, len(records))
         batch = [records.popleft() for _ in range(n)]
-        if self._paused and len(records) <= self.maxsize // 2:
-            paused, self._paused = self._paused, {}
-            for tp, on_drop in paused.items():
+        paused = self._paused
+        if paused and len(records) <= self.maxsize // 2:
+            resumes = list(paused.items())
+            paused.clear()  # in place: the handlers hold this dict
+            for tp, on_drop in resumes:
                 on_drop(tp)
         return batch
 
@@ -128,5 +130,5 @@ class RecordInbox:
         partitions are forgotten, not resumed: the new assignment makes Faust's set of fetched partitions anew."""
         n = len(self._records)
         self._records.clear()
-        self._paused = {}
+        self._paused.clear()  # in place: the handlers hold this dict
         return n

@@ -206,6 +206,14 @@ def test_full_inbox_stops_fetching_the_partition_without_holding_the_fetch_loop(
         assert await inbox.take(1) == [4]
         assert fetching.active == {"a", "b"} and not inbox.paused  # down to half: fetched again
         assert await inbox.take(10) == [5, 6]  # nothing lost, order kept
+        # Again, after a resume: the same partition is paused again, and one paused for the first time is
+        # resumed too.
+        for i in range(4):
+            await on["b"](10 + i)
+        await on["a"](14)
+        assert fetching.active == set() and inbox.paused == {"a", "b"}
+        assert await inbox.take(10) == [10, 11, 12, 13, 14]
+        assert fetching.active == {"a", "b"} and not inbox.paused
 
     _with_service(main)
 
