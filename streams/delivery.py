@@ -69,9 +69,9 @@ class RecordInbox:
 
     Bounded the way Faust bounds a stream's queue under pressure: a record arriving at a full inbox is still
     taken, and its partition stops being fetched (`Consumer.on_buffer_full`) until the inbox is down to half
-    (`on_buffer_drop`). The fetch loop itself never waits here: a loop held mid-batch would set Faust's read
-    offset after any seek made meanwhile, and Faust would then drop the records re-fetched below it. So the
-    inbox can exceed its size by the rest of one fetched batch. A rebalance's flow suspension holds delivery
+    (`on_buffer_drop`). The fetch loop itself never waits here: a loop held mid-batch sets Faust's read offset
+    after any seek made meanwhile, and Faust then drops the records re-fetched below it. So the inbox can
+    exceed its size by the rest of one fetched batch. A rebalance's flow suspension holds delivery
     (`acquire_flow_control`), as Faust's conductor does.
     """
 
