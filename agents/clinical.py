@@ -1,12 +1,12 @@
 """The live stream agent: clinical.* records through the shared Pipeline, in micro-batches.
 
 Records come straight from Faust's fetch loop in batches (streams/delivery.py: RecordInbox), not
-through a Faust stream, and are put in a deterministic order across topics (agents/ordering.py). Redis gets each patient's latest vector every
-VITALSTREAM_ONLINE_FLUSH_MS (longer while catching up on a backlog). The lake sinks
-flush by row count or seconds, in the background; then the feature state is written
-to its table, the producer is flushed (changelog and dead letters durable) and only
-then are the records acked, so the committed offset never passes data the sinks do
-not hold. See docs/pipeline.md.
+through a Faust stream, and are put in a deterministic order across topics (agents/ordering.py).
+Redis gets each patient's latest vector every VITALSTREAM_ONLINE_FLUSH_MS (longer while catching
+up on a backlog). The lake sinks flush by row count or seconds, in the background; then the
+feature state is written to its table, the producer is flushed (changelog and dead letters
+durable) and only then are the records acked, so the committed offset never passes data the
+sinks do not hold. See docs/pipeline.md.
 """
 from __future__ import annotations
 
