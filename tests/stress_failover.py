@@ -8,23 +8,18 @@ stack, repeatedly:
 """
 from __future__ import annotations
 
-from sinks.lake import Lake
-from tests.harness import (WorkerProcess, another_worker, count_offline, in_merge_order, produce, run_oracle,
-                           scrape_metrics, wait_for)
-from tests.test_worker_e2e import assert_matches_oracle, sim_items
+from tests.harness import WorkerProcess, count_offline, scrape_metrics, wait_for
+from tests.test_worker_e2e import assert_matches_oracle, second_worker, simulated_backlog
 
 
 def test_one_of_two_workers_killed_mid_stream_the_other_takes_over(env, tmp_path):
     # Two workers share the partitions; one dies hard. The survivor is assigned its partitions, restores their
     # feature state from the changelog and redoes the uncommitted records: the end state is the oracle's.
-    settings, client, workers = env
-    produced = produce(settings, sim_items(seed=14, patients=24, hours=24))
-    oracle = run_oracle(settings, in_merge_order(produced), tmp_path / "oracle-lake")
-    lake = Lake.from_settings(settings)
+    settings, client, workers, oracle, lake = simulated_backlog(env, tmp_path, seed=14, patients=24, hours=24)
     first = WorkerProcess(settings, tmp_path / "worker1.log").start()
     workers.append(first)
     first.wait_ready()  # one at a time: a worker whose first assignment is cut by a rebalance never logs Ready
-    second = WorkerProcess(another_worker(settings, tmp_path / "worker-data-2"), tmp_path / "worker2.log").start()
+    second = second_worker(settings, tmp_path).start()
     workers.append(second)
     second.wait_ready()
     second_settings = second.settings

@@ -81,13 +81,22 @@ def test_simulated_stream_reaches_redis_and_lake(env, tmp_path):
         assert any(k.startswith(name) for k in metrics), name
 
 
-def _first_worker_midway(env, tmp_path, seed: int, patients: int, hours: float):
-    """Produce a simulated history (every clinical topic), start a worker, and return once part (not all) of it
-    is in the lake."""
+def simulated_backlog(env, tmp_path, seed: int, patients: int, hours: float):
+    """Produce a simulated history (every clinical topic): (settings, client, workers, oracle, lake)."""
     settings, client, workers = env
     produced = produce(settings, sim_items(seed=seed, patients=patients, hours=hours))
     oracle = run_oracle(settings, in_merge_order(produced), tmp_path / "oracle-lake")
-    lake = Lake.from_settings(settings)
+    return settings, client, workers, oracle, Lake.from_settings(settings)
+
+
+def second_worker(settings, tmp_path) -> WorkerProcess:
+    """A second worker of the same group, with its own state folder (not started)."""
+    return WorkerProcess(another_worker(settings, tmp_path / "worker-data-2"), tmp_path / "worker2.log")
+
+
+def _first_worker_midway(env, tmp_path, seed: int, patients: int, hours: float):
+    """Produce a simulated history, start a worker, and return once part (not all) of it is in the lake."""
+    settings, client, workers, oracle, lake = simulated_backlog(env, tmp_path, seed, patients, hours)
     first = WorkerProcess(settings, tmp_path / "worker1.log").start()
     workers.append(first)
     first.wait_ready()
@@ -113,7 +122,7 @@ def test_second_worker_joining_mid_stream_rebalances_without_loss(env, tmp_path)
     # must not be merged ahead of the records re-read from the committed offsets (agents/clinical.py: _current).
     settings, client, workers, oracle, lake, first = _first_worker_midway(env, tmp_path, seed=13, patients=24, hours=24)
     # A second worker of the same group: the partitions are split between the two (a rebalance).
-    second = WorkerProcess(another_worker(settings, tmp_path / "worker-data-2"), tmp_path / "worker2.log").start()
+    second = second_worker(settings, tmp_path).start()
     workers.append(second)
     assert count_offline(lake) < oracle.offline_rows, "the first worker finished before the second joined"
     second.wait_ready()
@@ -128,12 +137,9 @@ def test_two_workers_starting_together_on_a_backlog_both_finish(env, tmp_path):
     # committed offsets, partitions sought back (agents/clinical.py: _in_sequence). A worker whose every record
     # was out of sequence once sat idle for good (bench/stream_throughput.py, two workers on a backlog): its
     # fetch watchdog only ran after a first batch of the new assignment.
-    settings, client, workers = env
-    produced = produce(settings, sim_items(seed=14, patients=24, hours=24))
-    oracle = run_oracle(settings, in_merge_order(produced), tmp_path / "oracle-lake")
-    lake = Lake.from_settings(settings)
+    settings, client, workers, oracle, lake = simulated_backlog(env, tmp_path, seed=14, patients=24, hours=24)
     first = WorkerProcess(settings, tmp_path / "worker1.log").start()
-    second = WorkerProcess(another_worker(settings, tmp_path / "worker-data-2"), tmp_path / "worker2.log").start()
+    second = second_worker(settings, tmp_path).start()
     workers += [first, second]
     # Not wait_ready: Faust logs "Worker]: Ready" not at all for a worker whose first assignment a rebalance cut
     # short. Every completed recovery logs "Worker ready".
