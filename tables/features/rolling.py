@@ -13,23 +13,26 @@ scales keep the integers short (fast); a signal's scale only ever grows and a
 change recomputes that signal's sums from the retained rows. The anchor moves
 forward by an exact algebraic shift of the sums, only to keep the integers short.
 
-Min/max: one pair of monotonic deques per signal over the widest window; the
-narrower windows' extremes are the first deque entries inside them (a suffix
+Min/max: one pair of monotonic queues per signal over the widest window; the
+narrower windows' extremes are the first queue entries inside them (a suffix
 maximum of the 24 h window is also the maximum of any suffix window).
 
-Divisions of the exact integers go through ``operator.truediv`` (``_div``), CPython's int division,
-which rounds the exact quotient once. The module is compiled with mypyc (setup.py), whose ``int / int``
-converts each operand to a double first and so rounds twice once they pass 2**53.
+Divisions of the exact integers go through :func:`_quotient`, which rounds the exact quotient once, as
+CPython's ``int / int`` does. The module is compiled with mypyc (setup.py), whose ``int / int`` converts
+each operand to a double first and so rounds twice once they pass 2**53.
+
+The state is in types mypyc compiles to native code (see docs/features.md, "Compiled modules"): the sums
+are attributes of a class (short integers stay unboxed), the queues are lists with a moving head, and one
+function writes a window's statistics on every path, so the paths agree to the bit.
 
 Hot path (:meth:`VitalsWindows.push`): a current vitals row evicts, adds and
-recomputes each (signal, window) in one pass over local variables.
+recomputes each (signal, window) in one pass.
 """
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections import deque
 from math import nan, sqrt
-from operator import truediv as _div  # int / int, correctly rounded (see below)
+from operator import truediv
 from typing import Any, Final, Optional
 
 from streams.vocab import VITAL_SIGNALS
@@ -42,19 +45,28 @@ WIDEST_MS: Final = WINDOW_MS[-1]
 N_SIGNALS: Final = len(VITAL_SIGNALS)
 REANCHOR_MS: Final = 48 * HOUR_MS
 _COMPACT_ROWS: Final = 512  # drop dead rows in batches: `del rows[:k]` is a memmove
+_COMPACT_QUEUE: Final = 32  # likewise for the heads of the min/max queues
 _SCALES: Final[tuple[int, ...]] = (1, 10, 100, 1000, 10_000, 1 << 52)  # decimal k=0..4, then binary
 _BINARY: Final = len(_SCALES) - 1
-_ZERO: Final = (0, 0, 0, 0, 0, 0)  # (n, sum V, sum V^2, sum T, sum T^2, sum T*V)
-_EMPTY: Final = (nan, nan, nan, nan, nan, 0)
+_EXACT: Final = 1 << 53  # integers up to this convert to a double exactly
 
 # In-memory vitals row: (ts_ms, source, *VITAL_SIGNALS values, consciousness, on_oxygen).
 Row = tuple
 ROW_VALUES: Final = 2
 ROW_CONS: Final = ROW_VALUES + N_SIGNALS
 ROW_O2: Final = ROW_CONS + 1
-_W0: Final = WINDOW_MS[0]
-_W1: Final = WINDOW_MS[1]
-assert N_WINDOWS == 3  # the hot path is unrolled for three nested windows
+assert N_WINDOWS == 3  # the hot path's window ranges are laid out for three nested windows
+
+
+def _quotient(a: int, b: int) -> float:
+    """a / b (b > 0) rounded once, as CPython's int division does.
+
+    Both operands within 2**53 convert to doubles exactly and one IEEE division rounds the exact quotient
+    (CPython's own fast path); larger ones go to CPython's division.
+    """
+    if -_EXACT <= a <= _EXACT and b <= _EXACT:
+        return float(a) / float(b)
+    return float(truediv(a, b))
 
 
 def fixed_point(value: float, mode: int) -> Optional[int]:
@@ -65,7 +77,7 @@ def fixed_point(value: float, mode: int) -> Optional[int]:
     if v == x or mode == _BINARY:  # binary: exact for |value| >= 1, truncates below 2**-52 otherwise
         return v
     v = round(x)
-    return v if _div(v, d) == value else None
+    return v if _quotient(v, d) == value else None
 
 
 def required_mode(value: float, at_least: int = 0) -> int:
@@ -76,57 +88,77 @@ def required_mode(value: float, at_least: int = 0) -> int:
     return _BINARY
 
 
-def window_stats(m: tuple[int, ...], d: int, dd: int, per_hour: float, hi: float, lo: float) -> tuple[float, ...]:
-    """(mean, std, min, max, trend per hour, count) from exact sums; NaN where undefined.
+class Sums:
+    """Exact running sums of one (signal, window): n, sum V, sum V^2, sum T, sum T^2, sum T*V."""
 
-    The hot path in :meth:`VitalsWindows.push` inlines the same expressions.
-    """
-    n, s1, s2, st, stt, stv = m
-    if n == 0:
-        return _EMPTY
-    if n == 1:
-        return (_div(s1, d), nan, lo, hi, nan, 1)
-    den = n * stt - st * st  # exact: 0 iff all times are equal
-    return (
-        _div(s1, n * d),
-        sqrt(_div(n * s2 - s1 * s1, n * (n - 1) * dd)),
-        lo,
-        hi,
-        float(n * stv - st * s1) / float(den) * per_hour if den else nan,
-        n,  # the int count becomes a float64 in the vector
-    )
+    __slots__ = ("n", "s1", "s2", "st", "stt", "stv")
 
+    def __init__(self) -> None:
+        self.n = 0
+        self.s1 = 0
+        self.s2 = 0
+        self.st = 0
+        self.stt = 0
+        self.stv = 0
 
-def _shift(m: tuple[int, ...], d: int) -> tuple[int, ...]:
-    """Re-express the time sums for T' = T - d (exact)."""
-    n, s1, s2, st, stt, stv = m
-    return (n, s1, s2, st - n * d, stt - 2 * d * st + n * d * d, stv - d * s1)
+    def add(self, T: int, V: int) -> None:
+        self.n += 1
+        self.s1 += V
+        self.s2 += V * V
+        self.st += T
+        self.stt += T * T
+        self.stv += T * V
+
+    def remove(self, T: int, V: int) -> None:
+        self.n -= 1
+        self.s1 -= V
+        self.s2 -= V * V
+        self.st -= T
+        self.stt -= T * T
+        self.stv -= T * V
+
+    def shift(self, d: int) -> None:
+        """Re-express the time sums for T' = T - d (exact)."""
+        n, s1, st = self.n, self.s1, self.st
+        self.stt = self.stt - 2 * d * st + n * d * d
+        self.st = st - n * d
+        self.stv = self.stv - d * s1
 
 
 class SignalWindows:
-    """One signal: exact sums per window, fixed-point scale, min/max deques over the widest window."""
+    """One signal: exact sums per window, fixed-point scale, min/max queues over the widest window.
 
-    __slots__ = ("m", "mode", "scale", "dd", "fscale", "per_hour", "mt", "mv", "nt", "nv", "dirty", "bases")
+    The queues are lists whose live part starts at a head index (``mh``, ``nh``): dropping the oldest entry
+    moves the head, and the dead prefix is cut off in batches.
+    """
+
+    __slots__ = ("m", "mode", "scale", "dd", "fscale", "per_hour", "mt", "mv", "mh", "nt", "nv", "nh", "dirty",
+                 "bases")
 
     def __init__(self, signal: str) -> None:
-        self.m: list[tuple[int, ...]] = [_ZERO] * N_WINDOWS
+        self.m: list[Sums] = [Sums() for _ in range(N_WINDOWS)]
         self.mode = 0
-        self.scale = self.dd = 1
+        self.scale = 1
+        self.dd = 1
         self.fscale = 1.0
         self.per_hour = float(HOUR_MS)
-        self.mt: deque[int] = deque()  # max deque: times, values strictly decreasing
-        self.mv: deque[float] = deque()
-        self.nt: deque[int] = deque()  # min deque: times, values strictly increasing
-        self.nv: deque[float] = deque()
+        self.mt: list[int] = []  # max queue: times, values strictly decreasing
+        self.mv: list[float] = []
+        self.mh = 0
+        self.nt: list[int] = []  # min queue: times, values strictly increasing
+        self.nv: list[float] = []
+        self.nh = 0
         self.dirty = True
-        self.bases = tuple(rolling_base(signal, win) for win, _ in WINDOWS)
+        self.bases: list[int] = [rolling_base(signal, win) for win, _ in WINDOWS]
 
     def fix(self, v: float) -> int:
         """Fixed-point image of a value already accepted at the current scale."""
         x = v * self.fscale
         r = int(x)
         if r != x:
-            r = fixed_point(v, self.mode)  # type: ignore[assignment]
+            f = fixed_point(v, self.mode)
+            assert f is not None
+            r = f
         return r
 
     def rescale(self, mode: int, si: int, rows: list[Row], wstart: list[int], anchor: int) -> None:
@@ -137,51 +169,42 @@ class SignalWindows:
         self.per_hour = HOUR_MS / self.scale
         col = ROW_VALUES + si
         for wi in range(N_WINDOWS):
-            n = s1 = s2 = st = stt = stv = 0
+            m = self.m[wi] = Sums()
             for row in rows[wstart[wi] :]:
                 v = row[col]
                 if v is not None:
-                    V, T = self.fix(v), row[0] - anchor
-                    n += 1
-                    s1 += V
-                    s2 += V * V
-                    st += T
-                    stt += T * T
-                    stv += T * V
-            self.m[wi] = (n, s1, s2, st, stt, stv)
+                    m.add(row[0] - anchor, self.fix(v))
         self.dirty = True
 
     def add(self, w0: int, ts: int, T: int, V: int, v: float) -> None:
         """Add one observation to windows w0.. (general path)."""
-        m = self.m
         for wi in range(w0, N_WINDOWS):
-            n, s1, s2, st, stt, stv = m[wi]
-            m[wi] = (n + 1, s1 + V, s2 + V * V, st + T, stt + T * T, stv + T * V)
+            self.m[wi].add(T, V)
         self.dirty = True
-        mt = self.mt
-        if not mt or ts >= mt[-1]:
+        if len(self.mt) == self.mh or ts >= self.mt[-1]:
             self.push_extreme(ts, v)
         else:
             self.insert_extreme(ts, v)
 
     def push_extreme(self, ts: int, v: float) -> None:
-        mt, mv = self.mt, self.mv
-        while mv and mv[-1] <= v:
+        mt, mv, mh = self.mt, self.mv, self.mh
+        while len(mv) > mh and mv[-1] <= v:
             mv.pop()
             mt.pop()
         mt.append(ts)
         mv.append(v)
-        nt, nv = self.nt, self.nv
-        while nv and nv[-1] >= v:
+        nt, nv, nh = self.nt, self.nv, self.nh
+        while len(nv) > nh and nv[-1] >= v:
             nv.pop()
             nt.pop()
         nt.append(ts)
         nv.append(v)
 
     def insert_extreme(self, ts: int, v: float) -> None:
-        """Insert an out-of-order observation into both monotonic deques (rare path)."""
-        for tq, vq, is_max in ((self.mt, self.mv, True), (self.nt, self.nv, False)):
-            times, vals = list(tq), list(vq)
+        """Insert an out-of-order observation into both monotonic queues (rare path)."""
+        for is_max in (True, False):
+            times = (self.mt[self.mh :] if is_max else self.nt[self.nh :])
+            vals = (self.mv[self.mh :] if is_max else self.nv[self.nh :])
             p = bisect_right(times, ts)  # equal times count as earlier: arrival order
             # vals[p] is the max (min) of everything after the new observation
             if p < len(vals) and (vals[p] >= v if is_max else vals[p] <= v):
@@ -189,36 +212,86 @@ class SignalWindows:
             j = p
             while j and (vals[j - 1] <= v if is_max else vals[j - 1] >= v):
                 j -= 1
-            times[j:p], vals[j:p] = [ts], [v]
-            tq.clear()
-            tq.extend(times)
-            vq.clear()
-            vq.extend(vals)
+            times[j:p] = [ts]
+            vals[j:p] = [v]
+            if is_max:
+                self.mt, self.mv, self.mh = times, vals, 0
+            else:
+                self.nt, self.nv, self.nh = times, vals, 0
 
     def evict_extremes(self, cut: int) -> None:
-        for tq, vq in ((self.mt, self.mv), (self.nt, self.nv)):
-            while tq and tq[0] <= cut:
-                tq.popleft()
-                vq.popleft()
+        """Drop queue entries at or before ``cut`` (they left the widest window)."""
+        mt, nt = self.mt, self.nt
+        mh, nh = self.mh, self.nh
+        while mh < len(mt) and mt[mh] <= cut:
+            mh += 1
+        while nh < len(nt) and nt[nh] <= cut:
+            nh += 1
+        if mh >= _COMPACT_QUEUE:
+            del mt[:mh]
+            del self.mv[:mh]
+            mh = 0
+        if nh >= _COMPACT_QUEUE:
+            del nt[:nh]
+            del self.nv[:nh]
+            nh = 0
+        self.mh, self.nh = mh, nh
 
-    def extremes(self, wi: int, t: int) -> tuple[float, float]:
-        """(max, min) of window ``wi``; only meaningful when it holds observations."""
+    def write(self, vec: list[float], wi: int, t: int) -> None:
+        """Write window ``wi``'s (mean, std, min, max, trend per hour, count) into ``vec``; NaN where undefined.
+
+        Every path writes the statistics here, so they agree to the bit.
+        """
+        m = self.m[wi]
+        n = m.n
+        b = self.bases[wi]
+        if n == 0:
+            vec[b] = nan
+            vec[b + 1] = nan
+            vec[b + 2] = nan
+            vec[b + 3] = nan
+            vec[b + 4] = nan
+            vec[b + 5] = 0.0
+            return
         if wi == N_WINDOWS - 1:
-            return self.mv[0], self.nv[0]
-        cut = t - WINDOW_MS[wi]
-        return self.mv[bisect_right(self.mt, cut)], self.nv[bisect_right(self.nt, cut)]
+            hi = self.mv[self.mh]
+            lo = self.nv[self.nh]
+        else:
+            cut = t - WINDOW_MS[wi]
+            hi = self.mv[_first_after(self.mt, cut, self.mh)]
+            lo = self.nv[_first_after(self.nt, cut, self.nh)]
+        s1 = m.s1
+        vec[b + 2] = lo
+        vec[b + 3] = hi
+        vec[b + 5] = float(n)
+        if n == 1:
+            vec[b] = _quotient(s1, self.scale)
+            vec[b + 1] = nan
+            vec[b + 4] = nan
+            return
+        st = m.st
+        den = n * m.stt - st * st  # exact: 0 iff all times are equal
+        vec[b] = _quotient(s1, n * self.scale)
+        vec[b + 1] = sqrt(_quotient(n * m.s2 - s1 * s1, n * (n - 1) * self.dd))
+        vec[b + 4] = float(n * m.stv - st * s1) / float(den) * self.per_hour if den else nan
 
-    def write(self, vec: list[float], t: int) -> None:
-        """Write every window's stats into ``vec`` (general path)."""
+    def write_all(self, vec: list[float], t: int) -> None:
+        """Write every window's statistics (general path)."""
         for wi in range(N_WINDOWS):
-            m = self.m[wi]
-            b = self.bases[wi]
-            if m[0] == 0:
-                vec[b : b + 6] = _EMPTY
-            else:
-                hi, lo = self.extremes(wi, t)
-                vec[b : b + 6] = window_stats(m, self.scale, self.dd, self.per_hour, hi, lo)
+            self.write(vec, wi, t)
         self.dirty = False
+
+
+def _first_after(a: list[int], x: int, lo: int) -> int:
+    """Index of the first entry of sorted ``a[lo:]`` greater than ``x`` (bisect_right, natively typed)."""
+    hi = len(a)
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if x < a[mid]:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 class VitalsWindows:
@@ -238,8 +311,8 @@ class VitalsWindows:
         self.keep_ms = keep_ms  # rows this recent are kept for de-duplication, even outside the windows
         self.rows: list[Row] = []
         self.rts: list[int] = []
-        self.wstart = [0] * N_WINDOWS  # first row index inside each window
-        self.sigs = tuple(SignalWindows(s) for s in VITAL_SIGNALS)
+        self.wstart: list[int] = [0] * N_WINDOWS  # first row index inside each window
+        self.sigs: list[SignalWindows] = [SignalWindows(s) for s in VITAL_SIGNALS]
         # (ts, value) of the last observation per signal, then consciousness, then on_oxygen.
         self.last: list[Optional[tuple[int, Any]]] = [None] * (N_SIGNALS + 2)
 
@@ -260,7 +333,7 @@ class VitalsWindows:
         t = self.t
         for sig in self.sigs:
             if sig.dirty:
-                sig.write(vec, t)
+                sig.write_all(vec, t)
 
     # -- general path -------------------------------------------------------------
     def advance(self, t: int) -> None:
@@ -281,9 +354,7 @@ class VitalsWindows:
                     v = row[ROW_VALUES + si]
                     if v is not None:
                         sig = sigs[si]
-                        V = sig.fix(v)
-                        n, s1, s2, st, stt, stv = sig.m[wi]
-                        sig.m[wi] = (n - 1, s1 - V, s2 - V * V, st - T, stt - T * T, stv - T * V)
+                        sig.m[wi].remove(T, sig.fix(v))
                         sig.dirty = True
                 i += 1
             wstart[wi] = i
@@ -294,7 +365,7 @@ class VitalsWindows:
 
     def insert(self, row: Row) -> None:
         """Add one accepted row (``row[0] <= t``) to the rows, windows and latest values."""
-        ts = row[0]
+        ts: int = row[0]
         rts, rows, sigs, wstart = self.rts, self.rows, self.sigs, self.wstart
         # Fixed-point images first: a finer scale recomputes sums from the rows without this one.
         fixed: list[Optional[int]] = [None] * N_SIGNALS
@@ -319,13 +390,14 @@ class VitalsWindows:
                 wstart[wi] += 1
         T = ts - self.anchor
         for si in range(N_SIGNALS):
-            V = fixed[si]
-            if V is not None and w0 < N_WINDOWS:
-                sigs[si].add(w0, ts, T, V, row[ROW_VALUES + si])
+            F = fixed[si]
+            if F is not None and w0 < N_WINDOWS:
+                sigs[si].add(w0, ts, T, F, row[ROW_VALUES + si])
         self._track_last(row)
 
     def _track_last(self, row: Row) -> None:
-        ts, last = row[0], self.last
+        ts: int = row[0]
+        last = self.last
         for k in range(N_SIGNALS + 2):
             v = row[ROW_VALUES + k]
             if v is not None:
@@ -344,7 +416,8 @@ class VitalsWindows:
         d = self.t - self.anchor
         if d > REANCHOR_MS:
             for sig in self.sigs:
-                sig.m = [_shift(m, d) for m in sig.m]
+                for m in sig.m:
+                    m.shift(d)
             self.anchor = self.t
 
     # -- hot path -----------------------------------------------------------------
@@ -355,9 +428,9 @@ class VitalsWindows:
         (older than the newest row, outside the narrowest window, or a value
         that needs a finer fixed-point scale).
         """
-        ts = row[0]
+        ts: int = row[0]
         rts, rows, sigs = self.rts, self.rows, self.sigs
-        if (rts and ts < rts[-1]) or ts <= t - _W0 or t < self.t:
+        if (rts and ts < rts[-1]) or ts <= t - WINDOW_MS[0] or t < self.t:
             return False
         fixed: list[Optional[int]] = []
         for si in range(N_SIGNALS):
@@ -366,118 +439,53 @@ class VitalsWindows:
                 fixed.append(None)
                 continue
             x = v * sigs[si].fscale
-            F: Optional[int] = int(x)
+            F = int(x)
             if F != x:
-                F = fixed_point(v, sigs[si].mode)
-                if F is None:
+                G = fixed_point(v, sigs[si].mode)
+                if G is None:
                     return False
+                F = G
             fixed.append(F)
         self.t = t
         rts.append(ts)
         rows.append(row)
         wstart = self.wstart
-        # Rows leaving each window: [old start, new start); the new row is inside all three.
-        ranges = []
+        # Rows leaving window wi: [starts[wi], wstart[wi]); the new row is inside all three.
+        starts = [0] * N_WINDOWS
         for wi in range(N_WINDOWS):
             cut = t - WINDOW_MS[wi]
             i = j = wstart[wi]
             while rts[j] <= cut:
                 j += 1
+            starts[wi] = i
             wstart[wi] = j
-            ranges.append((i, j, cut))
-        cut24 = ranges[-1][2]
         anchor = self.anchor
         T = ts - anchor
-        TT = T * T
+        cut24 = t - WIDEST_MS
         for si in range(N_SIGNALS):
             sig = sigs[si]
-            V = fixed[si]
+            F0 = fixed[si]
+            sig.evict_extremes(cut24)
+            if F0 is not None:
+                sig.push_extreme(ts, row[ROW_VALUES + si])
             col = ROW_VALUES + si
-            mt, mv, nt, nv = sig.mt, sig.mv, sig.nt, sig.nv
-            while mt and mt[0] <= cut24:
-                mt.popleft()
-                mv.popleft()
-            while nt and nt[0] <= cut24:
-                nt.popleft()
-                nv.popleft()
-            if V is not None:
-                v = row[col]
-                VV = V * V
-                TV = T * V
-                while mv and mv[-1] <= v:
-                    mv.pop()
-                    mt.pop()
-                mt.append(ts)
-                mv.append(v)
-                while nv and nv[-1] >= v:
-                    nv.pop()
-                    nt.pop()
-                nt.append(ts)
-                nv.append(v)
-            sm = sig.m
-            d = sig.scale
-            dd = sig.dd
-            fs = sig.fscale
-            per_hour = sig.per_hour
-            bases = sig.bases
-            pending = sig.dirty  # changed on the general path since the last write
+            changed_any = sig.dirty  # changed on the general path since the last write
             for wi in range(N_WINDOWS):
-                i, j, cut = ranges[wi]
-                if V is None and i == j and not pending:
+                i, j = starts[wi], wstart[wi]
+                changed = changed_any or F0 is not None or i < j
+                if not changed:
                     continue
-                n, s1, s2, st, stt, stv = sm[wi]
-                changed = V is not None or pending
+                m = sig.m[wi]
                 while i < j:
                     r = rows[i]
                     i += 1
                     x = r[col]
-                    if x is None:
-                        continue
-                    y = x * fs
-                    X = int(y)
-                    if X != y:
-                        X = sig.fix(x)
-                    Tr = r[0] - anchor
-                    n -= 1
-                    s1 -= X
-                    s2 -= X * X
-                    st -= Tr
-                    stt -= Tr * Tr
-                    stv -= Tr * X
-                    changed = True
-                if not changed:
-                    continue
-                if V is not None:
-                    n += 1
-                    s1 += V
-                    s2 += VV
-                    st += T
-                    stt += TT
-                    stv += TV
-                sm[wi] = (n, s1, s2, st, stt, stv)
-                b = bases[wi]
-                # Same expressions as window_stats (bit-identical results on both paths).
-                if n == 0:
-                    vec[b : b + 6] = _EMPTY
-                    continue
-                if wi == 2:
-                    hi = mv[0]
-                    lo = nv[0]
-                else:
-                    hi = mv[bisect_right(mt, cut)]
-                    lo = nv[bisect_right(nt, cut)]
-                if n == 1:
-                    vec[b : b + 6] = (_div(s1, d), nan, lo, hi, nan, 1)
-                    continue
-                den = n * stt - st * st
-                vec[b : b + 6] = (
-                    _div(s1, n * d),
-                    sqrt(_div(n * s2 - s1 * s1, n * (n - 1) * dd)),
-                    lo,
-                    hi,
-                    float(n * stv - st * s1) / float(den) * per_hour if den else nan,
-                    n,
-                )
+                    if x is not None:
+                        rt: int = r[0]
+                        m.remove(rt - anchor, sig.fix(x))
+                if F0 is not None:
+                    m.add(T, F0)
+                sig.write(vec, wi, t)
             sig.dirty = False
         last = self.last
         for k in range(N_SIGNALS):  # the newest row: its values are the latest ones
