@@ -475,6 +475,7 @@ async def _process_released(live: _LiveState) -> None:
             if live.revoked:  # a rebalance began: this uncommitted work is dropped and redone anyway
                 return
     _record_lag(msg for _, msg in released)
+    live.pipeline.publish_counts()
     if live.online_since is None and live.pipeline.online is not None and live.pipeline.online.buffered:
         live.online_since = time.monotonic()
     if live.online_due():

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -64,16 +63,16 @@ class Pipeline:
         self.silver = SilverSink(lake) if silver else None
         self.offline = OfflineFeatureSink(lake) if offline is True else (offline or None)
         self.online = online
-        self._events_in: dict[str, Any] = {}
+        # Records per topic and feature updates not yet added to the metrics (`publish_counts`): a
+        # prometheus increment takes a lock, twice per record otherwise.
+        self._events_in: dict[str, int] = {}
+        self._feature_updates = 0
         self._arrivals: list[int] = []  # Kafka timestamps of records whose vector awaits the Redis write
 
     def process(self, rec: RawRecord) -> DeadLetter | None:
         """Handle one record; returns the dead letter to produce, if it was rejected."""
         t, p, o = rec.topic, rec.partition, rec.offset
-        counter = self._events_in.get(t)
-        if counter is None:  # labels() takes a lock and builds a key: look each topic's child up once
-            counter = self._events_in[t] = metrics.EVENTS_IN.labels(t)
-        counter.inc()
+        self._events_in[t] = self._events_in.get(t, 0) + 1
         if self.bronze is not None:
             if self.bronze.accepts(t, p, o):
                 self.bronze.add_record(t, p, o, rec.timestamp_ms, rec.key, rec.value)
@@ -116,7 +115,7 @@ class Pipeline:
         if self.silver is not None and self.silver.accepts(rec.topic, rec.partition, rec.offset):
             self.silver.add_event(rec.topic, rec.partition, rec.offset, event)
         if update is not None:
-            metrics.FEATURE_UPDATES.inc()
+            self._feature_updates += 1
             if self.offline is not None:
                 if self.offline.accepts(rec.topic, rec.partition, rec.offset):
                     self.offline.add_row(rec.topic, rec.partition, rec.offset, update.patient_id, update.ts_ms,
@@ -127,6 +126,15 @@ class Pipeline:
                 self.online.add(update.patient_id, update.ts_ms, update.event_id, update.values)
                 self._arrivals.append(rec.timestamp_ms)
         return None
+
+    def publish_counts(self) -> None:
+        """Add the records and feature updates counted since the last call to the metrics (per batch)."""
+        for topic, n in self._events_in.items():
+            metrics.EVENTS_IN.labels(topic).inc(n)
+        self._events_in.clear()
+        if self._feature_updates:
+            metrics.FEATURE_UPDATES.inc(self._feature_updates)
+            self._feature_updates = 0
 
     # --- flushing ------------------------------------------------------------------------
     @property

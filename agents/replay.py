@@ -326,6 +326,7 @@ def replay_partition(settings: Settings, plan: ReplayPlan, partition: int, targe
             result.rejected[dead.reason] += 1
     if on_progress and pending:
         on_progress(pending)
+    pipeline.publish_counts()
     if target in ("offline", "both"):
         for day in plan.days:
             rows = collector.rows.get(day, [])

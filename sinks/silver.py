@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from sinks.lake import Lake, utc_day
 from sinks.partitioned import OffsetTrackedSink
 from streams import topics
-from streams.events import CleanEvent, to_record
+from streams.events import CleanAdverseEvent, CleanEvent
 
 _TS = pa.timestamp("ms", tz="UTC")
 _PROVENANCE = [("kafka_partition", pa.int32()), ("kafka_offset", pa.int64())]
@@ -39,11 +39,26 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("sex", pa.string()), ("weight_kg", pa.float64()), ("height_cm", pa.float64()), ("trial_arm", pa.string()),
         ("site", pa.string()), ("comorbidities", pa.list_(pa.string())), *_PROVENANCE]),
 }
-_RENAMES = {"ts_ms": "timestamp", "onset_ms": "onset_time", "reported_ms": "reported_time"}
+# Parquet column -> CleanEvent attribute, where they differ.
+_ATTRIBUTES = {"timestamp": "ts_ms", "onset_time": "onset_ms", "reported_time": "reported_ms"}
+
+# A buffered row: (kafka_partition, kafka_offset, event).
+SilverRow = tuple[int, int, CleanEvent]
 
 
-def parquet_bytes(rows: list[dict], schema: pa.Schema) -> bytes:
-    table = pa.Table.from_pylist(rows, schema=schema)
+def parquet_bytes(rows: list[SilverRow], schema: pa.Schema) -> bytes:
+    """One Parquet object of clean events, built by column (in the lake writer's thread, not per record)."""
+    events = [e for _, _, e in rows]
+    columns = {}
+    for name in schema.names:
+        if name == "kafka_partition":
+            columns[name] = [p for p, _, _ in rows]
+        elif name == "kafka_offset":
+            columns[name] = [o for _, o, _ in rows]
+        else:
+            attribute = _ATTRIBUTES.get(name, name)
+            columns[name] = [getattr(e, attribute) for e in events]
+    table = pa.Table.from_pydict(columns, schema=schema)
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()
@@ -60,10 +75,9 @@ class SilverSink:
         }
 
     def add_event(self, topic: str, partition: int, offset: int, event: CleanEvent) -> None:
-        row = {_RENAMES.get(k, k): v for k, v in to_record(event).items()}
-        day = utc_day(row.get("timestamp", row.get("onset_time")))
-        row["kafka_partition"], row["kafka_offset"] = partition, offset
-        self.sinks[topic].add(topic, partition, offset, f"date={day}", row)
+        # The events are immutable once validated: buffered as they are, turned into columns when written.
+        day = utc_day(event.onset_ms if isinstance(event, CleanAdverseEvent) else event.ts_ms)
+        self.sinks[topic].add(topic, partition, offset, f"date={day}", (partition, offset, event))
 
     def accepts(self, topic: str, partition: int, offset: int) -> bool:
         return self.sinks[topic].accepts(topic, partition, offset)

@@ -6,8 +6,7 @@ record did not carry are ``None``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
 
 
 @dataclass(slots=True)
@@ -90,14 +89,3 @@ class CleanPatientEvent:
 
 CleanEvent = CleanVitals | CleanLab | CleanMedication | CleanAdverseEvent | CleanPatientEvent
 
-
-_FIELDS: dict[type, tuple[str, ...]] = {}
-
-
-def to_record(event: CleanEvent) -> dict[str, Any]:
-    """Plain dict of a clean event (for Parquet and JSON); shallow, unlike dataclasses.asdict, so cheap."""
-    cls = type(event)
-    names = _FIELDS.get(cls)
-    if names is None:
-        names = _FIELDS[cls] = tuple(f.name for f in fields(cls))
-    return {n: getattr(event, n) for n in names}

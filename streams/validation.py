@@ -95,6 +95,10 @@ def _ratio(num: float | None, den: float | None) -> float | None:
     return num / den if num is not None and den else None
 
 
+_VITAL_RANGES = tuple((name, ranges.VITAL_RANGES[name]) for name in
+                      ("heart_rate", "bp_systolic", "bp_diastolic", "resp_rate", "spo2", "temperature"))
+
+
 def _vitals(rec: contract.VitalsIn) -> CleanVitals | Rejection:
     temperature = rec.temperature
     if temperature is not None:
@@ -102,11 +106,10 @@ def _vitals(rec: contract.VitalsIn) -> CleanVitals | Rejection:
             return Rejection("missing_field", "temperature given without temperature_unit")
         if rec.temperature_unit == "F":
             temperature = (temperature - 32.0) * 5.0 / 9.0
-    values = {"heart_rate": rec.heart_rate, "bp_systolic": rec.bp_systolic, "bp_diastolic": rec.bp_diastolic,
-              "resp_rate": rec.resp_rate, "spo2": rec.spo2, "temperature": temperature}
+    values = (rec.heart_rate, rec.bp_systolic, rec.bp_diastolic, rec.resp_rate, rec.spo2, temperature)
     flags: list[str] = []
-    for name, value in values.items():
-        if (bad := _check_range(name, value, ranges.VITAL_RANGES[name], flags)) is not None:
+    for (name, rng), value in zip(_VITAL_RANGES, values):
+        if value is not None and (bad := _check_range(name, value, rng, flags)) is not None:
             return bad
     sbp, dbp, hr = rec.bp_systolic, rec.bp_diastolic, rec.heart_rate
     if sbp is not None and dbp is not None and dbp > sbp:

@@ -29,20 +29,18 @@ from typing import Any, Callable, Iterable, Optional, Protocol, Union
 import numpy as np
 
 from streams.events import CleanAdverseEvent, CleanLab, CleanMedication, CleanPatientEvent, CleanVitals
-from streams.vocab import COMORBIDITIES, CONSCIOUSNESS_LEVELS, DRUGS, LAB_TESTS, TRIAL_ARMS, VITAL_SIGNALS
+from streams.vocab import COMORBIDITIES, DRUGS, LAB_TESTS, TRIAL_ARMS
 
 from streams.timestamps import DAY_MS
 from tables.features.context import demo_block, lab_block, med_block
-from tables.features.news2 import news2_vector
+from tables.features.latest import CONSCIOUSNESS_CODE, write_latest
 from tables.features.registry import (
     FEATURE_INDEX,
-    FEATURE_NAMES,
     HOUR_MS,
-    LATEST_HORIZON_MS,
     N_FEATURES,
-    NEWS2_PARAMS,
     RECALL_MS,
     STUDY_DRUG,
+    block_start,
     features_as_dict,
     slug,
 )
@@ -64,7 +62,6 @@ BUCKET_MS = 10 * 60_000
 _NAN = math.nan
 _MAX_ABS = 1e9  # larger "measurements" are corrupt; treated as missing (keeps fixed-point ints short)
 _PACK = struct.Struct(f"<{N_FEATURES}d").pack
-_CONS_CODE = {c: float(i) for i, c in enumerate(CONSCIOUSNESS_LEVELS)}
 _DRUGS = frozenset(DRUGS)
 _LABS = frozenset(LAB_TESTS)
 
@@ -150,35 +147,17 @@ class Rejection:
 
 Result = Union[FeatureUpdate, Rejection, None]
 
-
-
-def _block(*names: str) -> int:
-    """Start of a run of features the engine writes as one slice; fails fast if the registry moved them."""
-    start = FEATURE_INDEX[names[0]]
-    if FEATURE_NAMES[start : start + len(names)] != names:
-        raise RuntimeError(f"registry layout changed around {names[0]!r}")
-    return start
-
-
-_P_LATEST = _block(*(f"{s}_latest" for s in VITAL_SIGNALS), "consciousness_code", "not_alert", "on_oxygen")
-_P_DERIVED = _block(
-    "pulse_pressure", "mean_arterial_pressure", "shock_index",
-    "modified_shock_index", "hr_temp_interaction", "rate_pressure_product",
-)  # fmt: skip
-_P_NEWS2 = _block(*(f"news2_{x}" for x in NEWS2_PARAMS), "news2_total", "news2_red_flag", "news2_n_params")
-_P_LABS = _block(*(f"lab_{slug(x)}_latest" for x in LAB_TESTS), *(f"lab_{slug(x)}_change_24h" for x in LAB_TESTS))
-_P_MEDS = _block("med_doses_24h", *(f"med_{slug(d)}_doses_24h" for d in DRUGS), "vs101_dose_mg_24h")
-_P_DEMO = _block(
+_P_LABS = block_start(*(f"lab_{slug(x)}_latest" for x in LAB_TESTS), *(f"lab_{slug(x)}_change_24h" for x in LAB_TESTS))
+_P_MEDS = block_start("med_doses_24h", *(f"med_{slug(d)}_doses_24h" for d in DRUGS), "vs101_dose_mg_24h")
+_P_DEMO = block_start(
     "age", "is_male", "bmi", *(f"arm_{slug(a)}" for a in TRIAL_ARMS),
     "comorbidity_count", *(f"comorb_{slug(c)}" for c in COMORBIDITIES),
 )  # fmt: skip
-_P_MISSING = _block(*(f"{s}_missing_6h" for s in VITAL_SIGNALS))
 _P_LAB_HOURS = FEATURE_INDEX["hours_since_last_lab"]
 _P_VS101_HOURS = FEATURE_INDEX["vs101_hours_since_last_dose"]
 _P_FLAG = FEATURE_INDEX["drug_interaction_flag"]
 _P_ENR = FEATURE_INDEX["hours_since_enrollment"]
 _P_LASTVITAL = FEATURE_INDEX["hours_since_last_vital"]
-_P_COUNT6 = tuple(FEATURE_INDEX[f"{s}_count_6h"] for s in VITAL_SIGNALS)
 
 
 def _hours_since(ts: Optional[int], t: int) -> float:
@@ -385,7 +364,7 @@ class FeatureEngine:
         rej = self._admission(p, ts, ev.event_id, duplicate, f"vitals ({pid}, {ts}, {ev.source})")
         if rej is not None:
             return rej
-        cons = ev.consciousness if ev.consciousness in _CONS_CODE else None
+        cons = ev.consciousness if ev.consciousness in CONSCIOUSNESS_CODE else None
         o2 = None if ev.on_oxygen is None else bool(ev.on_oxygen)
         row: Row = (
             ts, ev.source,
@@ -492,35 +471,7 @@ class FeatureEngine:
         t: int = p.t  # type: ignore[assignment]
         vec, ctx, win = p.vec, p.ctx, p.win
         win.write_rolling(vec)  # type: ignore[union-attr]
-        # Latest observations within 24 h.
-        horizon = t - LATEST_HORIZON_MS
-        hr, sbp, dbp, rr, spo2, temp, cons, o2 = [
-            e[1] if e is not None and e[0] > horizon else None for e in win.last  # type: ignore[union-attr]
-        ]
-        fh = _NAN if hr is None else hr
-        fs = _NAN if sbp is None else sbp
-        fd = _NAN if dbp is None else dbp
-        ft = _NAN if temp is None else temp
-        mapv = fd + (fs - fd) / 3.0
-        vec[_P_LATEST : _P_LATEST + 9] = (
-            fh, fs, fd,
-            _NAN if rr is None else rr,
-            _NAN if spo2 is None else spo2,
-            ft,
-            _NAN if cons is None else _CONS_CODE[cons],
-            _NAN if cons is None else (0.0 if cons == "A" else 1.0),
-            _NAN if o2 is None else float(o2),
-        )  # fmt: skip
-        # Instantaneous derived values (NaN propagates from any missing input).
-        vec[_P_DERIVED : _P_DERIVED + 6] = (
-            fs - fd,
-            mapv,
-            fh / fs if fs > 0 else _NAN,
-            fh / mapv if mapv > 0 else _NAN,
-            fh * ft,
-            fh * fs,
-        )
-        vec[_P_NEWS2 : _P_NEWS2 + 10] = news2_vector(rr, spo2, o2, sbp, hr, cons, temp)
+        write_latest(vec, win.last, t)  # type: ignore[union-attr]
         # Labs and medications: recomputed only when changed or an item left the window.
         if t >= p.lab_until:
             p.lab_vals, p.lab_until = lab_block(ctx["labs"], ctx["lab_last"], t)
@@ -535,10 +486,5 @@ class FeatureEngine:
         enr, vt = ctx["enr"], ctx["vt"]
         vec[_P_ENR] = _NAN if enr is None else (t - enr) / HOUR_MS
         vec[_P_LASTVITAL] = _hours_since(vt, t)
-        c = _P_COUNT6
-        vec[_P_MISSING : _P_MISSING + 6] = (
-            float(vec[c[0]] == 0.0), float(vec[c[1]] == 0.0), float(vec[c[2]] == 0.0),
-            float(vec[c[3]] == 0.0), float(vec[c[4]] == 0.0), float(vec[c[5]] == 0.0),
-        )  # fmt: skip
         values = np.frombuffer(bytearray(_PACK(*vec)), dtype=np.float64)  # ~3x faster than np.array(list)
         return FeatureUpdate(p.pid, t, event_id, values)

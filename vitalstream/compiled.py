@@ -22,6 +22,7 @@ COMPILED_MODULES: tuple[str, ...] = (
     "tables.features.rolling",
     "tables.features.news2",
     "tables.features.context",
+    "tables.features.latest",
 )
 
 

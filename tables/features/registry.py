@@ -200,6 +200,14 @@ def rolling_base(signal: str, window: str) -> int:
     return FEATURE_INDEX[f"{signal}_{ROLLING_STATS[0]}_{window}"]
 
 
+def block_start(*names: str) -> int:
+    """Start of a run of features the engine writes as one block; fails fast if the registry moved them."""
+    start = FEATURE_INDEX[names[0]]
+    if FEATURE_NAMES[start : start + len(names)] != names:
+        raise RuntimeError(f"registry layout changed around {names[0]!r}")
+    return start
+
+
 def features_as_dict(values: Sequence[float]) -> dict[str, float | None]:
     """Vector -> {name: value}, NaN as None (JSON-able)."""
     if len(values) != N_FEATURES:
