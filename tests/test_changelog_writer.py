@@ -32,6 +32,7 @@ from types import SimpleNamespace
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from tables.faust_tables import FaustTableStore
+from tables.state import BucketRows
 bootstrap, name, datadir = sys.argv[1:4]
 app = faust.App(name, broker=f"kafka://{bootstrap}", store="rocksdb://", datadir=datadir, topic_partitions=2,
                 autodiscover=False, web_enabled=False, producer_acks=-1, producer_max_batch_size=16384)
@@ -47,8 +48,15 @@ def fill(store, round_):
             store.delete(f"v|p{i}|0")  # a key present, retired
         elif round_ == 1 and i % 3 == 1:
             store.delete(f"v|p{i}|absent")  # never written: nothing to send
-        else:
+        elif i % 2:
             store.set(f"v|p{i}|{round_}", [[i, 1.5 * i, None, "monitor"]] * (1 + i % 7))
+        else:  # a bucket as the engine writes it: versions that carry their JSON text (written by ours)
+            rows = BucketRows.start((i, 0.1 * i, None, "monitor", True))
+            for k in range(i % 7):
+                rows = rows.appended((i + k, 1e-7 * k, "A", "nurse", None))
+                if k == 2:
+                    rows.json_bytes()  # an earlier version encoded: the written one extends its text
+            store.set(f"v|p{i}|{round_}", rows)
         if i % 5 == 0:
             store.set(f"c|p{i}", {"t": i, "round": round_, "labs": {"alt": [1.25, 2.5]}})
 
