@@ -28,8 +28,16 @@ TTL_SECONDS = 48 * 3600
 # the server (2026-11-26, 64 vectors per call, overwriting): ~150 us per vector, against ~200 us when the
 # values went as MessagePack float64s (Redis formats each number it is handed as %.17g) and ~230 us with
 # ~380 separate arguments. HSET itself is ~70 us of that. Python-side formatting (repr per value) cost the
-# worker ~170 us per vector; orjson ~3 us. Many vectors go in one call: one command and one reply per call
-# rather than per vector. (Keys of one call must share a hash slot on Redis Cluster; this targets one Redis.)
+# worker ~170 us per vector; `features_text` ~19 us (2026-11-27, the engine's vectors, which all hold NaNs:
+# orjson ~7 us of it). Many vectors go in one call: one command and one reply per call rather than per vector.
+# (Keys of one call must share a hash slot on Redis Cluster; this targets one Redis.)
+# Where Redis's time goes (INFO commandstats, 2,000 vectors/s from the benchmark's worker, 2026-11-27): ~200 us
+# per vector in the script, of which HSET ~60, HGET ~3, EXPIRE ~2; the rest is Lua building the arguments
+# (~190 strings a vector). Measured alternatives (bench of 64-vector calls, same day): the fields as separate
+# arguments, handed to HSET with `unpack(ARGV, ...)`, ~90-100 us in Redis, but building and packing ~390
+# arguments a vector cost the client ~170 us more per vector (the sync client, with hiredis's packer; the
+# worker's asyncio client packs in Python); names and values as one JSON array (cjson.decode, then unpack)
+# ~170-200 us in Redis, no better.
 _WRITE_IF_NEWER = """
 local names = {FEATURE_NAMES}
 local written = 0
@@ -58,12 +66,12 @@ return written
 """.replace("FEATURE_NAMES", ",".join(f"'{name}'" for name in FEATURE_NAMES))
 if not all(name.isidentifier() for name in FEATURE_NAMES):  # pragma: no cover - they go into Lua as literals
     raise ValueError("feature names must be identifiers to be written to the online store")
-# Vectors per script call: Redis runs a call to its end before serving anyone else (~0.15 ms a vector).
+# Vectors per script call: Redis runs a call to its end before serving anyone else (~0.2 ms a vector).
 VECTORS_PER_CALL = 64
 
 
 def features_text(values: Sequence[float]) -> bytes:
-    """The vector as the script's argument: shortest round-trip decimals, 'nan' where undefined (~3 us)."""
+    """The vector as the script's argument: shortest round-trip decimals, 'nan' where undefined."""
     array = np.ascontiguousarray(values, dtype=np.float64)  # orjson serializes C-contiguous arrays only
     if array.shape != (N_FEATURES,):
         raise ValueError(f"a feature vector has {N_FEATURES} values, got shape {array.shape}")
