@@ -7,7 +7,9 @@ For each worker count (default 1 and 2, each on fresh topics):
    in RocksDB tables, Redis, offline Parquet) over a backlog of N vitals events, and the workers' CPU time
    per event;
 3. p50/p99 arrival-to-Redis latency at fixed offered rates (default 500, 1,000 and 2,000 events/s), from
-   the workers' `vitalstream_feature_update_latency_seconds` histograms.
+   the workers' `vitalstream_feature_update_latency_seconds` histograms; with each, the processes that used
+   the most CPU while the load was offered (in cores) and Redis's server time per vector written (its
+   `INFO commandstats`: the online store's script, and the HSET inside it).
 
 Baselines, each run first on its own fresh topics, then the worker as configured:
 - `--fetch-baseline`: Faust's own fetch settings (1,500 ms max wait, 1 byte minimum) instead of the worker's
@@ -144,6 +146,33 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_by_process() -> dict[tuple[int, str], float]:
+    """CPU seconds so far of every process on the machine, by (pid, name)."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                out[(int(entry.name), (entry / "comm").read_text().strip())] = cpu_seconds(int(entry.name))
+            except (OSError, ValueError, IndexError):  # gone meanwhile
+                pass
+    return out
+
+
+def busiest(before: dict, after: dict, seconds: float, names: dict[int, str], n: int = 5) -> str:
+    """The n processes that used the most CPU between two `cpu_by_process` snapshots, in cores."""
+    usage = sorted(((after[k] - before.get(k, 0.0)) / seconds, k) for k in after)[::-1][:n]
+    return ", ".join(f"{names.get(pid, name)} {cores:.2f}" for cores, (pid, name) in usage if cores >= 0.01)
+
+
+def redis_script_usec(settings: Settings) -> tuple[float, float]:
+    """Redis's server time so far in EVALSHA (the online store's script) and in HSET, in microseconds."""
+    import redis
+
+    stats = redis.Redis.from_url(settings.redis_url).info("commandstats")
+    return (float(stats.get("cmdstat_evalsha", {}).get("usec", 0)),
+            float(stats.get("cmdstat_hset", {}).get("usec", 0)))
+
+
 def drain_backlog(settings: Settings, workers: list[WorkerProcess], events: int) -> tuple[float, float, float]:
     """Wait until the workers consumed `events`; (events/s, worker CPU us/event, cores busy) from the first
     record on, so start-up is not counted."""
@@ -180,21 +209,27 @@ def wait_redis_quiet(settings: Settings, workers: list[WorkerProcess]) -> None:
 
 
 def live_latency(settings: Settings, workers: list[WorkerProcess], rate: float, seconds: float,
-                 patients: int) -> tuple[float, float, int]:
-    """p50 and p99 arrival-to-Redis latency (ms) at a fixed offered rate, from the workers' histograms."""
+                 patients: int) -> tuple[float, float, int, str]:
+    """p50 and p99 arrival-to-Redis latency (ms) at a fixed offered rate, from the workers' histograms; and
+    what the machine did meanwhile (the busiest processes while the load was offered, Redis's server time per
+    vector written)."""
     base_name = "vitalstream_feature_update_latency_seconds"
+    written_key = 'vitalstream_events_out_total{sink="redis"}'
 
     def histogram() -> dict[str, float]:
         total: dict[str, float] = {}
         for w in workers:
             for k, v in scrape_metrics(w.settings).items():
-                if k.startswith(base_name):
+                if k.startswith(base_name) or k == written_key:
                     total[k] = total.get(k, 0.0) + v
         return total
 
     before = histogram()
     live = vitals_payloads(int(rate * seconds), patients, int(time.time() * 1000), seed=int(rate))
+    names = {w.proc.pid: "worker" for w in workers} | {os.getpid(): "load generator"}
+    cpu_before, redis_before, t0 = cpu_by_process(), redis_script_usec(settings), time.perf_counter()
     asyncio.run(produce_all(settings, live, rate=rate))
+    cpu_after, t1 = cpu_by_process(), time.perf_counter()
     count = base_name + "_count"
     wait_until = time.monotonic() + 60  # every produced event's latency observed (after its Redis write)
     while histogram().get(count, 0.0) - before.get(count, 0.0) < len(live) and time.monotonic() < wait_until:
@@ -202,7 +237,11 @@ def live_latency(settings: Settings, workers: list[WorkerProcess], rate: float, 
     after = histogram()
     diff = {k: after[k] - before.get(k, 0.0) for k in after}
     p50, p99 = (quantile_from_histogram(diff, base_name, q) * 1000 for q in (0.5, 0.99))
-    return p50, p99, int(diff.get(count, 0))
+    script, hset = (b - a for a, b in zip(redis_before, redis_script_usec(settings)))
+    written = max(diff.get(written_key, 0.0), 1.0)
+    machine = (f"cores while offered: {busiest(cpu_before, cpu_after, t1 - t0, names)}; Redis {script / written:.0f} us "
+               f"per vector written (HSET {hset / written:.0f})")
+    return p50, p99, int(diff.get(count, 0)), machine
 
 
 def export_revision(rev: str, tmp: Path) -> Path:
@@ -255,8 +294,9 @@ def measure(base: Settings, tmp: Path, args: argparse.Namespace, n_workers: int,
         print(f"worker CPU (all processes, threads):   {cpu_us:>10,.0f} us/event   ({cores:.2f} cores busy)")
         wait_redis_quiet(settings, workers)
         for offered in args.rates:
-            p50, p99, n = live_latency(settings, workers, offered, args.seconds, args.patients)
+            p50, p99, n, machine = live_latency(settings, workers, offered, args.seconds, args.patients)
             print(f"arrival->Redis latency at {offered:>5,.0f}/s:  p50 {_ms(p50)} ms   p99 {_ms(p99)} ms   ({n:,} events)")
+            print(f"    {machine}")
     finally:
         for w in workers:
             w.stop()
