@@ -277,3 +277,28 @@ def test_a_redelivered_event_is_a_duplicate_even_when_late_now() -> None:
     assert isinstance(engine.process(old), FeatureUpdate)
     outcome = engine.process(first)  # more than 24 h behind: no longer tracked as a duplicate, only late
     assert isinstance(outcome, Rejection) and outcome.reason == "late_event"
+
+
+def test_values_whose_scaled_product_is_whole_but_not_their_image() -> None:
+    """(69.08 F - 32) * 5 / 9 is 20.599999999999998: times 100 it rounds to 2060.0, yet 2060 / 100 is 20.6. Such
+    a value was once taken at scale 100 as 20.6; a finer value after it then found no exact image for it when
+    the signal rescaled, and every later event of the patient failed, even after a rebuild."""
+    converted = (69.08 - 32.0) * 5.0 / 9.0
+    assert converted * 100 == 2060.0 and converted != 20.6
+    temps = [37.25, converted, 37.125, 37.0, 36.95, converted]
+    times = [T0 + k * 60_000 for k in range(len(temps))]
+    times[4] -= 90_000  # out of order: the general path (insert, rescale) as well as the hot path
+    eng, rebuilt = FeatureEngine(DictStateStore()), FeatureEngine(DictStateStore())
+    seen: list[tuple[int, float]] = []
+    for k, (ts, temp) in enumerate(zip(times, temps)):
+        ev = CleanVitals(f"e{k}", "P", ts, "monitor", temperature=temp)
+        got = eng.process(ev)
+        rebuilt.drop_cache()  # every event on state rebuilt from the store
+        again = rebuilt.process(ev)
+        assert isinstance(got, FeatureUpdate) and isinstance(again, FeatureUpdate)
+        assert got.values.tobytes() == again.values.tobytes()  # to the bit
+        seen.append((ts, temp))
+        latest = max(t for t, _ in seen)
+        vals = [Fraction(x) for t, x in seen if t > latest - H]
+        assert features_as_dict(got.values)["temperature_mean_1h"] == float(sum(vals) / len(vals))
+        assert features_as_dict(got.values)["temperature_min_1h"] == float(min(vals))

@@ -70,13 +70,18 @@ def _quotient(a: int, b: int) -> float:
 
 
 def fixed_point(value: float, mode: int) -> Optional[int]:
-    """Exact integer image of ``value`` at scale ``_SCALES[mode]``, None if it does not round-trip."""
+    """Exact integer image of ``value`` at scale ``_SCALES[mode]``, None if it does not round-trip.
+
+    A product ``value * d`` that happens to be a whole number is no proof: 20.599999999999998 * 100 rounds
+    to 2060.0, whose image is 20.6. Only the round trip (``V / d == value``) is.
+    """
     d = _SCALES[mode]
     x = value * d
     v = int(x)
-    if v == x or mode == _BINARY:  # binary: exact for |value| >= 1, truncates below 2**-52 otherwise
+    if mode == _BINARY:  # exact for |value| >= 1, truncates below 2**-52 otherwise
         return v
-    v = round(x)
+    if v != x:
+        v = round(x)
     return v if _quotient(v, d) == value else None
 
 
@@ -152,7 +157,8 @@ class SignalWindows:
         self.bases: list[int] = [rolling_base(signal, win) for win, _ in WINDOWS]
 
     def fix(self, v: float) -> int:
-        """Fixed-point image of a value already accepted at the current scale."""
+        """Fixed-point image of a value already accepted at the current scale (it round-trips: a whole
+        product is then the image itself)."""
         x = v * self.fscale
         r = int(x)
         if r != x:
@@ -162,18 +168,29 @@ class SignalWindows:
         return r
 
     def rescale(self, mode: int, si: int, rows: list[Row], wstart: list[int], anchor: int) -> None:
-        """Switch to a finer scale and recompute every window's sums from the rows (rare)."""
-        self.mode, self.scale = mode, _SCALES[mode]
-        self.dd = self.scale * self.scale
-        self.fscale = float(self.scale)
-        self.per_hour = HOUR_MS / self.scale
+        """Switch to a finer scale and recompute every window's sums from the rows (rare).
+
+        A value that round-trips at a decimal scale does at every finer one (its images are below 2**51), so
+        every row has an image at the new scale.
+        """
         col = ROW_VALUES + si
+        d = _SCALES[mode]
+        sums = []
         for wi in range(N_WINDOWS):
-            m = self.m[wi] = Sums()
+            m = Sums()
             for row in rows[wstart[wi] :]:
                 v = row[col]
                 if v is not None:
-                    m.add(row[0] - anchor, self.fix(v))
+                    V = fixed_point(v, mode)
+                    if V is None:
+                        raise ValueError(f"{v!r} has no exact image at scale {d}")  # a bug: see above
+                    m.add(row[0] - anchor, V)
+            sums.append(m)
+        self.m = sums  # only now: a failure above leaves the windows as they were
+        self.mode, self.scale = mode, d
+        self.dd = d * d
+        self.fscale = float(d)
+        self.per_hour = HOUR_MS / d
         self.dirty = True
 
     def add(self, w0: int, ts: int, T: int, V: int, v: float) -> None:
@@ -434,13 +451,15 @@ class VitalsWindows:
             return False
         fixed: list[Optional[int]] = []
         for si in range(N_SIGNALS):
-            v = row[ROW_VALUES + si]
-            if v is None:
+            value: Optional[float] = row[ROW_VALUES + si]
+            if value is None:
                 fixed.append(None)
                 continue
-            x = v * sigs[si].fscale
-            F = int(x)
-            if F != x:
+            v: float = value
+            fscale = sigs[si].fscale
+            scaled = v * fscale
+            F = int(scaled)
+            if F != scaled or float(F) / fscale != v:  # a whole product is no proof of an image (fixed_point)
                 G = fixed_point(v, sigs[si].mode)
                 if G is None:
                     return False
