@@ -95,8 +95,7 @@ def _ratio(num: float | None, den: float | None) -> float | None:
     return num / den if num is not None and den else None
 
 
-_VITAL_RANGES = tuple((name, ranges.VITAL_RANGES[name]) for name in
-                      ("heart_rate", "bp_systolic", "bp_diastolic", "resp_rate", "spo2", "temperature"))
+_VITAL_RANGES = tuple((name, ranges.VITAL_RANGES[name]) for name in vocab.VITAL_SIGNALS)  # `values`' order
 
 
 def _vitals(rec: contract.VitalsIn) -> CleanVitals | Rejection:
@@ -109,7 +108,7 @@ def _vitals(rec: contract.VitalsIn) -> CleanVitals | Rejection:
     values = (rec.heart_rate, rec.bp_systolic, rec.bp_diastolic, rec.resp_rate, rec.spo2, temperature)
     flags: list[str] = []
     for (name, rng), value in zip(_VITAL_RANGES, values):
-        if value is not None and (bad := _check_range(name, value, rng, flags)) is not None:
+        if (bad := _check_range(name, value, rng, flags)) is not None:
             return bad
     sbp, dbp, hr = rec.bp_systolic, rec.bp_diastolic, rec.heart_rate
     if sbp is not None and dbp is not None and dbp > sbp:

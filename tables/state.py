@@ -134,6 +134,12 @@ class BucketRows(list):
     def start(cls, row: Row) -> "BucketRows":
         return cls((row,), _EncodedPrefix())
 
+    @classmethod
+    def of(cls, rows: list[Any]) -> "BucketRows":
+        """A bucket as read from a store: the version itself if the store still holds it, else a new line of
+        versions (rows read back as lists encode to the same text as tuples)."""
+        return rows if isinstance(rows, BucketRows) else cls(rows, _EncodedPrefix())
+
     def appended(self, row: Row) -> "BucketRows":
         """A new version with ``row`` added (this one, which a store may still hold, is unchanged)."""
         return BucketRows((*self, row), self._prefix)
@@ -240,7 +246,7 @@ class _Patient:
         self.ctx_bucket: Optional[int] = None  # bucket of `t` when the context was last written
         self.buckets: list[int] = []  # vitals bucket starts present in the store, sorted
         self.open_bucket: Optional[int] = None  # newest bucket and its rows, kept to avoid a read per event
-        self.open_rows: list[Any] = []  # tuples, or lists when read back from the store
+        self.open_rows = BucketRows.of([])  # rows: tuples, or lists when read back from the store
         self.lab_vals: list[float] = []
         self.lab_until = -math.inf  # recompute the lab block when t reaches this (or labs change)
         self.med_vals: list[float] = []
@@ -342,7 +348,7 @@ class FeatureEngine:
             bucket = self.store.get(vitals_key(pid, b))
             if bucket:
                 p.buckets.append(b)
-                p.open_bucket, p.open_rows = b, bucket
+                p.open_bucket, p.open_rows = b, BucketRows.of(bucket)
                 rows.extend(bucket)
         rows.sort(key=lambda r: r[0])  # stable: equal times keep arrival order
         if rows:  # rows of the newest bucket may be newer than the context's t and vt
@@ -424,10 +430,7 @@ class FeatureEngine:
         # A new list per write: a store may hold written values by reference until it flushes.
         b = ts // BUCKET_MS * BUCKET_MS
         if b == p.open_bucket:
-            open_rows = p.open_rows
-            if not isinstance(open_rows, BucketRows):  # as read back from the store
-                open_rows = BucketRows(open_rows, _EncodedPrefix())
-            rows = p.open_rows = open_rows.appended(row)
+            rows = p.open_rows = p.open_rows.appended(row)
         elif p.open_bucket is None or b > p.open_bucket:
             rows = p.open_rows = BucketRows.start(row)
             p.open_bucket = b
