@@ -17,6 +17,8 @@ import time
 from typing import AsyncIterator
 
 import redis.asyncio
+import redis.asyncio.retry
+from redis.backoff import ExponentialBackoff
 from faust.types import TP
 from prometheus_client import start_http_server
 
@@ -257,8 +259,11 @@ def _highwater(tp: TP) -> int | None:
 _live: _LiveState | None = None
 
 
-# One client for the worker's life; it connects on first use, on the worker's event loop.
-_REDIS = redis.asyncio.Redis.from_url(settings.redis_url)
+# One client for the worker's life; it connects on first use, on the worker's event loop. A write that loses its
+# connection is retried (only its unanswered calls: sinks/online.py) before the batch is failed, which would stop
+# the worker.
+_REDIS = redis.asyncio.Redis.from_url(settings.redis_url,
+                                      retry=redis.asyncio.retry.Retry(ExponentialBackoff(cap=2.0, base=0.1), 3))
 
 
 def build_pipeline(store: FaustTableStore) -> Pipeline:

@@ -42,13 +42,22 @@ class DeadLetter:
 @dataclass(slots=True)
 class OnlineBatch:
     vectors: Pending  # the newest vector per patient
-    arrivals: list[int]  # Kafka timestamps of the records behind them (for the latency histogram)
+    arrivals: dict[str, list[int]]  # per patient, Kafka timestamps of the records behind it (latency histogram)
 
 
 @dataclass
 class FlushReport:
     rows: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _observe_latency(arrivals: dict[str, list[int]], patients: list[str]) -> None:
+    """Feature-update latency of the records behind these patients' vectors, which Redis now holds: from each
+    record's Kafka timestamp to now."""
+    stamps = [ts for patient_id in patients for ts in arrivals.get(patient_id, ())]
+    if stamps:
+        ages_ms = time.time() * 1000 - np.asarray(stamps, dtype=np.float64)
+        metrics.observe_many(metrics.UPDATE_LATENCY, np.maximum(ages_ms, 0.0) / 1000)
 
 
 class Pipeline:
@@ -67,7 +76,7 @@ class Pipeline:
         # prometheus increment takes a lock, twice per record otherwise.
         self._events_in: dict[str, int] = {}
         self._feature_updates = 0
-        self._arrivals: list[int] = []  # Kafka timestamps of records whose vector awaits the Redis write
+        self._arrivals: dict[str, list[int]] = {}  # Kafka timestamps of records whose vector awaits Redis
 
     def process(self, rec: RawRecord) -> DeadLetter | None:
         """Handle one record; returns the dead letter to produce, if it was rejected."""
@@ -124,7 +133,11 @@ class Pipeline:
                     metrics.REDELIVERED.labels("offline").inc()
             if self.online is not None:
                 self.online.add(update.patient_id, update.ts_ms, update.event_id, update.values)
-                self._arrivals.append(rec.timestamp_ms)
+                arrivals = self._arrivals.get(update.patient_id)
+                if arrivals is None:
+                    self._arrivals[update.patient_id] = [rec.timestamp_ms]
+                else:
+                    arrivals.append(rec.timestamp_ms)
         return None
 
     def publish_counts(self) -> None:
@@ -146,7 +159,7 @@ class Pipeline:
         if self.online is None or not self.online.buffered:
             return None
         batch = OnlineBatch(self.online.take(), self._arrivals)
-        self._arrivals = []
+        self._arrivals = {}
         return batch
 
     def write_online(self, batch: OnlineBatch | None) -> int:
@@ -154,7 +167,7 @@ class Pipeline:
         if batch is None or self.online is None:
             return 0
         t0 = time.perf_counter()
-        self.online.write(batch.vectors)
+        self.online.write(batch.vectors, lambda patients: _observe_latency(batch.arrivals, patients))
         return self._online_written(batch, t0)
 
     async def write_online_async(self, batch: OnlineBatch | None) -> int:
@@ -162,15 +175,12 @@ class Pipeline:
         if batch is None or self.online is None:
             return 0
         t0 = time.perf_counter()
-        await self.online.write_async(batch.vectors)
+        await self.online.write_async(batch.vectors, lambda patients: _observe_latency(batch.arrivals, patients))
         return self._online_written(batch, t0)
 
-    def _online_written(self, batch: OnlineBatch, t0: float) -> int:
+    @staticmethod
+    def _online_written(batch: OnlineBatch, t0: float) -> int:
         n = len(batch.vectors)
-        now_ms = time.time() * 1000
-        if batch.arrivals:
-            ages_ms = now_ms - np.asarray(batch.arrivals, dtype=np.float64)
-            metrics.observe_many(metrics.UPDATE_LATENCY, np.maximum(ages_ms, 0.0) / 1000)
         metrics.FLUSH_ROWS.labels("redis").observe(n)
         metrics.FLUSH_SECONDS.labels("redis").observe(time.perf_counter() - t0)
         metrics.EVENTS_OUT.labels("redis").inc(n)

@@ -10,12 +10,14 @@ per flush and pipelined.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import orjson
 import redis
 import redis.asyncio
+import redis.retry
+from redis.backoff import ExponentialBackoff
 
 from streams.timestamps import iso_ms
 from tables.features.registry import FEATURE_NAMES, FEATURE_VERSION, N_FEATURES
@@ -37,7 +39,14 @@ TTL_SECONDS = 48 * 3600
 # arguments, handed to HSET with `unpack(ARGV, ...)`, ~90-100 us in Redis, but building and packing ~390
 # arguments a vector cost the client ~170 us more per vector (the sync client, with hiredis's packer; the
 # worker's asyncio client packs in Python); names and values as one JSON array (cjson.decode, then unpack)
-# ~170-200 us in Redis, no better.
+# ~170-200 us in Redis, no better; as one MessagePack array of their texts (cmsgpack.unpack) ~110-150 us, but
+# ~30 us more on the worker. An optimistic transaction instead of the script (WATCH and read, then MULTI, HSET,
+# EXPIRE, EXEC; 2026-11-27) cost Redis ~85-95 us per vector, but the worker ~45 us to pack the ~380 arguments
+# (even with a template filled by slice assignment), a second round trip and three replies per vector: at
+# 2,000 events/s the worker went from ~0.65 to ~0.8 cores, and the writes took longer.
+# The worker packs the calls itself (`_packed_calls`) and sends the script's text each time (EVAL, ~4.6 KB per
+# 64 vectors; Redis keeps it compiled by its SHA1): nothing to reload after Redis restarts or SCRIPT FLUSH, and
+# no redis-py command packing, which cost ~3.5 % of the worker at 2,000 events/s.
 _WRITE_IF_NEWER = """
 local names = {FEATURE_NAMES}
 local written = 0
@@ -66,6 +75,7 @@ return written
 """.replace("FEATURE_NAMES", ",".join(f"'{name}'" for name in FEATURE_NAMES))
 if not all(name.isidentifier() for name in FEATURE_NAMES):  # pragma: no cover - they go into Lua as literals
     raise ValueError("feature names must be identifiers to be written to the online store")
+_SCRIPT = _WRITE_IF_NEWER.encode()
 # Vectors per script call: Redis runs a call to its end before serving anyone else (~0.2 ms a vector).
 VECTORS_PER_CALL = 64
 
@@ -88,6 +98,7 @@ def features_key(patient_id: str) -> str:
 
 
 Pending = dict[str, tuple[int, str, Sequence[float]]]  # patient_id -> (ts_ms, event_id, values)
+Landed = Callable[[list[str]], None]  # called with the patients whose vectors a script call wrote
 
 
 class _Coalescing:
@@ -110,7 +121,7 @@ class _Coalescing:
         pending, self._pending = self._pending, {}
         return pending
 
-    def write(self, pending: Pending) -> int:
+    def write(self, pending: Pending, landed: Landed | None = None) -> int:
         raise NotImplementedError
 
     def flush(self) -> int:
@@ -125,18 +136,23 @@ class MemoryOnlineStore(_Coalescing):
         super().__init__()
         self.vectors: dict[str, tuple[int, str, np.ndarray]] = {}
 
-    def write(self, pending: Pending) -> int:
+    def write(self, pending: Pending, landed: Landed | None = None) -> int:
         written = 0
         for patient_id, (ts_ms, event_id, values) in pending.items():
             current = self.vectors.get(patient_id)
             if current is None or ts_ms >= current[0]:
                 self.vectors[patient_id] = (ts_ms, event_id, np.asarray(values, dtype=np.float64))
                 written += 1
+        if landed is not None:
+            landed(list(pending))
         return written
 
 
 class OnlineStore(_Coalescing):
-    """Redis writes, from a thread (`write`) or from an event loop (`write_async`, no thread hand-offs)."""
+    """Redis writes, from a thread (`write`) or from an event loop (`write_async`, no thread hand-offs).
+
+    A write sends its script calls together, then reads their replies in turn: `landed`, if given, is called
+    with the patients of each call as its reply comes (their vectors are in Redis from then on)."""
 
     def __init__(self, client: redis.Redis | None = None, ttl_seconds: int = TTL_SECONDS,
                  async_client: redis.asyncio.Redis | None = None) -> None:
@@ -145,43 +161,55 @@ class OnlineStore(_Coalescing):
             raise ValueError("an OnlineStore needs a Redis client, sync or async")
         self.client = client
         self.ttl_seconds = ttl_seconds
-        self._script = client.register_script(_WRITE_IF_NEWER) if client is not None else None
         self._async_client = async_client
-        self._async_script = async_client.register_script(_WRITE_IF_NEWER) if async_client is not None else None
         self._async_order: asyncio.Lock | None = None
 
     @classmethod
     def from_url(cls, url: str) -> "OnlineStore":
-        return cls(redis.Redis.from_url(url))
+        """A store with a sync client that retries a write on connection errors (3 times, backing off)."""
+        return cls(redis.Redis.from_url(url, retry=redis.retry.Retry(ExponentialBackoff(cap=2.0, base=0.1), 3)))
 
-    def _calls(self, pending: Pending) -> Iterator[tuple[list[str], list]]:
-        """The script calls (keys, args) that write `pending`, VECTORS_PER_CALL vectors each."""
+    def _packed_calls(self, pending: Pending) -> list[tuple[bytes, list[str]]]:
+        """The script calls that write `pending`, VECTORS_PER_CALL vectors each: packed, with their patients."""
         items = list(pending.items())
+        head = (b"EVAL", _SCRIPT)
+        meta = (b"%d" % self.ttl_seconds, FEATURE_VERSION.encode())
+        calls = []
         for start in range(0, len(items), VECTORS_PER_CALL):
-            keys, args = [], [self.ttl_seconds, FEATURE_VERSION]
-            for patient_id, (ts_ms, event_id, values) in items[start:start + VECTORS_PER_CALL]:
-                keys.append(features_key(patient_id))
-                args += [ts_ms, iso_ms(ts_ms), event_id, features_text(values)]
-            yield keys, args
+            chunk = items[start:start + VECTORS_PER_CALL]
+            args = [*head, b"%d" % len(chunk), *(features_key(patient_id).encode() for patient_id, _ in chunk), *meta]
+            for _, (ts_ms, event_id, values) in chunk:
+                args += (b"%d" % ts_ms, iso_ms(ts_ms).encode(), event_id.encode(), features_text(values))
+            calls.append((command(*args), [patient_id for patient_id, _ in chunk]))
+        return calls
 
-    def write(self, pending: Pending) -> int:
-        """Write vectors in one pipeline of script calls; returns how many were newer and written. Thread-safe."""
+    def write(self, pending: Pending, landed: Landed | None = None) -> int:
+        """Write vectors; returns how many were newer and written. Thread-safe."""
         if self.client is None:
             raise RuntimeError("this OnlineStore was made without a sync client")
         if not pending:
             return 0
-        calls = list(self._calls(pending))
+        calls = _Calls(self._packed_calls(pending), landed)
+        pool = self.client.connection_pool
+        connection = pool.get_connection()
+
+        def attempt() -> None:
+            connection.send_packed_command(calls.unanswered())
+            for _ in range(calls.unanswered_count):
+                calls.answered(connection.read_response())
+
         try:
-            return self._evalsha(calls)
-        except redis.exceptions.NoScriptError:  # Redis restarted or its scripts were flushed
-            self.client.script_load(_WRITE_IF_NEWER)
-            return self._evalsha(calls)  # the writes are conditional: redoing them is harmless
+            # The client's retry policy on connection errors; a retry resends the calls not answered yet
+            # (conditional writes: one that landed without its reply lands again harmlessly).
+            connection.retry.call_with_retry(attempt, lambda error: connection.disconnect())
+            return calls.written
+        except BaseException:
+            connection.disconnect()  # replies left unread (after an error reply) go with it
+            raise
+        finally:
+            pool.release(connection)
 
-    def _evalsha(self, calls: list[tuple[list[str], list]]) -> int:
-        pipe = _queue_evalsha(self.client.pipeline(transaction=False), self._script.sha, calls)
-        return sum(int(r) for r in pipe.execute())
-
-    async def write_async(self, pending: Pending) -> int:
+    async def write_async(self, pending: Pending, landed: Landed | None = None) -> int:
         """`write` on the event loop. Calls land in the order they were made (ties at the same event time go
         to the later vector), however their awaits interleave."""
         if self._async_client is None:
@@ -191,26 +219,57 @@ class OnlineStore(_Coalescing):
         if self._async_order is None:
             self._async_order = asyncio.Lock()  # FIFO: waiters acquire in arrival order
         async with self._async_order:
-            calls = list(self._calls(pending))
+            calls = _Calls(self._packed_calls(pending), landed)
+            pool = self._async_client.connection_pool
+            connection = await pool.get_connection()
+
+            async def attempt() -> None:
+                await connection.send_packed_command(calls.unanswered())
+                for _ in range(calls.unanswered_count):
+                    calls.answered(await connection.read_response())
+
             try:
-                return await self._evalsha_async(calls)
-            except redis.exceptions.NoScriptError:  # Redis restarted or its scripts were flushed
-                await self._async_client.script_load(_WRITE_IF_NEWER)
-                return await self._evalsha_async(calls)  # the writes are conditional: redoing them is harmless
+                await connection.retry.call_with_retry(attempt, lambda error: connection.disconnect())
+                return calls.written
+            except BaseException:
+                await connection.disconnect()
+                raise
+            finally:
+                await pool.release(connection)
 
-    async def _evalsha_async(self, calls: list[tuple[list[str], list]]) -> int:
-        pipe = _queue_evalsha(self._async_client.pipeline(transaction=False), self._async_script.sha, calls)
-        return sum(int(r) for r in await pipe.execute())
+
+class _Calls:
+    """The script calls of one write, and how many of them were answered so far."""
+
+    def __init__(self, calls: list[tuple[bytes, list[str]]], landed: Landed | None) -> None:
+        self._calls = calls
+        self._landed = landed
+        self._answered = 0
+        self.written = 0
+
+    def unanswered(self) -> list[bytes]:
+        return [packed for packed, _ in self._calls[self._answered:]]
+
+    @property
+    def unanswered_count(self) -> int:
+        return len(self._calls) - self._answered
+
+    def answered(self, reply: bytes | int) -> None:
+        """The next call's reply: the number of its vectors that were newer and written."""
+        patients = self._calls[self._answered][1]
+        self._answered += 1
+        self.written += int(reply)
+        if self._landed is not None:
+            self._landed(patients)
 
 
-def _queue_evalsha(pipe: Any, sha: str, calls: list[tuple[list[str], list]]) -> Any:
-    """Queue the script calls on a pipeline (sync or async) as plain EVALSHA commands. Not the registered
-    Script objects: a pipeline holding them checks SCRIPT EXISTS before every execute, a second round trip,
-    and on the worker's busy event loop each round trip can wait behind a whole micro-batch. The callers
-    load the script again on NOSCRIPT."""
-    for keys, args in calls:
-        pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
-    return pipe
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def command(*args: bytes) -> bytes:
+    """One command in Redis's protocol (RESP)."""
+    return b"*%d\r\n%s" % (len(args), b"".join(map(_bulk, args)))
 
 
 def read_features(client: redis.Redis, patient_id: str,

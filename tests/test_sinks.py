@@ -12,10 +12,19 @@ import pyarrow.dataset as ds
 import pytest
 import redis
 import redis.asyncio
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from sinks.lake import Lake, cleanup
 from sinks.offline import OfflineFeatureSink, read_offline
-from sinks.online import VECTORS_PER_CALL, OnlineStore, features_key, features_text, read_features
+from sinks.online import (
+    _WRITE_IF_NEWER,
+    VECTORS_PER_CALL,
+    OnlineStore,
+    features_key,
+    features_text,
+    read_features,
+)
 from sinks.partitioned import OffsetTrackedSink
 from tables.features.registry import FEATURE_NAMES, FEATURE_VERSION, N_FEATURES
 
@@ -82,9 +91,10 @@ def test_features_text_checks_its_input_and_the_script_its_count(client):
     assert features_text(np.arange(2.0 * N_FEATURES)[::2]).startswith(b"0.0,2.0,4.0,")  # a strided view
     with pytest.raises(ValueError, match=f"{N_FEATURES} values"):
         features_text(np.zeros(N_FEATURES - 1))
-    store = OnlineStore(client)
+    with pytest.raises(ValueError, match=f"{N_FEATURES} values"):  # before anything is sent
+        OnlineStore(client).write({"PT00005": (1, "ev-5", np.zeros(N_FEATURES + 1))})
     with pytest.raises(redis.ResponseError, match=f"has 2 values, expected {N_FEATURES}"):
-        store._script(keys=[features_key("PT00005")], args=[60, FEATURE_VERSION, 1, "iso", "ev-5", b"1.0,2.0"])
+        client.eval(_WRITE_IF_NEWER, 1, features_key("PT00005"), 60, FEATURE_VERSION, 1, "iso", "ev-5", b"1.0,2.0")
     assert not client.exists(features_key("PT00005"))
 
 
@@ -112,7 +122,12 @@ def test_online_store_writes_many_vectors_per_call_each_on_its_own_rule(client):
     store.flush()
     for i in range(n):
         store.add(f"PT{i:05d}", 4_000, f"e{i}", vector(1000 + i))
-    assert store.flush() == n - len(range(0, n, 3))
+    landed = []  # each call's patients, as its reply comes: then they are readable
+    assert store.write(store.take(), lambda patients: landed.append(
+        (patients, client.hmget(features_key(patients[-1]), "updated_at_ms")[0]))) == n - len(range(0, n, 3))
+    assert [patients for patients, _ in landed] == [[f"PT{i:05d}" for i in range(start, min(start + VECTORS_PER_CALL, n))]
+                                                    for start in range(0, n, VECTORS_PER_CALL)]
+    assert [stored for _, stored in landed] == [b"5000", b"4000", b"5000"]  # PT00063 and PT00132 held newer ones
     for i in range(n):
         values, meta = read_features(client, f"PT{i:05d}")
         expected = ("newer", vector(i)) if i % 3 == 0 else (f"e{i}", vector(1000 + i))
@@ -150,8 +165,8 @@ def test_online_store_async_writes_land_in_call_order_with_the_same_rules(client
 
 
 def test_online_store_async_writes_survive_a_flushed_script_cache(client):
-    """The worker sends EVALSHA without checking SCRIPT EXISTS first: after Redis forgot the script (restart,
-    SCRIPT FLUSH) a write loads it again and lands, once."""
+    """The worker sends the script's text with each call: after Redis forgot the script (restart, SCRIPT FLUSH)
+    writes land as before, once."""
     url = client.connection_pool.connection_kwargs
     store = OnlineStore(async_client=redis.asyncio.Redis(host=url["host"], port=url["port"], db=url["db"]))
     n = VECTORS_PER_CALL + 1
@@ -181,6 +196,35 @@ def test_online_store_sync_writes_survive_a_flushed_script_cache(client):
     assert store.write({"PT00001": (2_000, "e2", vector(2))}) == 1
     values, meta = read_features(client, "PT00001")
     assert meta["event_id"] == "e2" and np.array_equal(values, vector(2), equal_nan=True)
+
+
+def test_online_store_resends_unanswered_calls_after_a_connection_error(client, monkeypatch):
+    """A connection lost mid-write (here: before the second call's reply) is retried by the client's policy;
+    only the calls not answered yet go again, so each call's patients are reported landed once."""
+    url = client.connection_pool.connection_kwargs
+    store = OnlineStore(redis.Redis(host=url["host"], port=url["port"], db=url["db"], retry=Retry(NoBackoff(), 1)))
+    n = 2 * VECTORS_PER_CALL + 1
+    read = redis.connection.Connection.read_response
+    replies = []  # the script calls' (connecting reads the handshake's replies too)
+
+    def flaky_read(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        if replies == [VECTORS_PER_CALL]:
+            replies.append("lost")
+            raise redis.ConnectionError("connection lost (injected)")
+        reply = read(self, *args, **kwargs)
+        if isinstance(reply, int):
+            replies.append(reply)
+        return reply
+
+    monkeypatch.setattr(redis.connection.Connection, "read_response", flaky_read)
+    landed = []
+    assert store.write({f"PT{i:05d}": (1_000, f"e{i}", vector(i)) for i in range(n)}, landed.extend) == n
+    monkeypatch.undo()
+    assert replies == [VECTORS_PER_CALL, "lost", VECTORS_PER_CALL, 1]  # the first call not sent again
+    assert landed == [f"PT{i:05d}" for i in range(n)]
+    for i in range(n):
+        values, meta = read_features(client, f"PT{i:05d}")
+        assert meta["event_id"] == f"e{i}" and np.array_equal(values, vector(i), equal_nan=True)
 
 
 def test_online_store_coalesces_to_latest_per_patient(client):

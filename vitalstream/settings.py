@@ -73,9 +73,11 @@ class Settings(BaseSettings):
     online_flush_backlog_ms: int = 5_000  # ... and while catching up on a backlog (records older than this)
     # A fetch returns when fetch_min_bytes are waiting or after fetch_max_wait_ms (app.py). Faust hardcodes a
     # 1.5 s wait, which added up to 1.5 s of latency; a minimum of one byte meant a fetch per record or two
-    # at live rates, each decoded in Python. 64 KiB or 5 ms: at most 5 ms added, ~200 fetches/s when idle.
+    # at live rates, each decoded in Python. 64 KiB or 25 ms: few fetches, at most 25 ms added (5 ms halved p50
+    # latency at 500/s again, but a fetch's request and response are encoded and decoded in Python per partition:
+    # 200 fetches/s cost the worker ~0.2 cores; docs/benchmarks.md, session 10).
     fetch_min_bytes: int = 65_536
-    fetch_max_wait_ms: int = 5
+    fetch_max_wait_ms: int = 25
     batch_max_events: int = 1_000  # micro-batch of the agent: at most this many records
     batch_max_seconds: float = 0.025  # baseline only: how long Faust's noack_take fills a micro-batch
     # Benchmark baseline only (bench/stream_throughput.py --faust-baseline): Faust's own per-record delivery
