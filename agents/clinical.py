@@ -259,9 +259,10 @@ def _highwater(tp: TP) -> int | None:
 _live: _LiveState | None = None
 
 
-# One client for the worker's life; it connects on first use, on the worker's event loop. A write that loses its
-# connection is retried (only its unanswered calls: sinks/online.py) before the batch is failed, which would stop
-# the worker.
+# One client for the worker's life; it connects on first use, on the worker's event loop. Its retry policy is
+# explicit: a write that loses its connection resends its unanswered calls (sinks/online.py) up to 3 times, backing
+# off 0.1-0.8 s, before the batch fails, which stops the worker (no socket timeout is set, so a slow Redis is
+# waited for, not retried: a retried call could otherwise still run later on the old connection).
 _REDIS = redis.asyncio.Redis.from_url(settings.redis_url,
                                       retry=redis.asyncio.retry.Retry(ExponentialBackoff(cap=2.0, base=0.1), 3))
 
@@ -359,8 +360,8 @@ def _caught_up(topic: str, partition: int) -> bool:
     return highwater is not None and _next_offset(_live, tp) >= highwater
 
 
-# Often enough that a record waits at most about 1.5 grace periods in the merge and Redis is written about on
-# time (a tick with nothing due costs a few tens of microseconds).
+# Every half of the shorter of the merge grace and the Redis interval, but at most 200 times a second (a tick with
+# nothing due costs a few tens of microseconds): with 5 ms waits a record waits up to about two grace periods.
 _TICK_S = max(min(settings.merge_grace_ms, settings.online_flush_ms), 10) / 2000
 
 

@@ -272,15 +272,15 @@ def measure(base: Settings, tmp: Path, args: argparse.Namespace, n_workers: int,
     if args.lake == "file":
         settings = settings.model_copy(update={"lake_uri": f"file://{tmp}/{unique}/lake"})
     ensure_topics(settings)
-    start_ms = int(time.time() * 1000) - (args.events // args.patients + 1) * 60_000
-    payloads = vitals_payloads(args.events, args.patients, start_ms)
-    secs = asyncio.run(produce_all(settings, payloads))
-    raw = asyncio.run(raw_consume_rate(settings, args.events))
-    print(f"\n## {n_workers} worker{'s' if n_workers > 1 else ''}{label}")
-    print(f"produce (aiokafka, acks=1):            {args.events / secs:>10,.0f} events/s")
-    print(f"raw aiokafka consume + json parse:     {raw:>10,.0f} events/s   (ceiling)")
     workers = []
     try:
+        start_ms = int(time.time() * 1000) - (args.events // args.patients + 1) * 60_000
+        payloads = vitals_payloads(args.events, args.patients, start_ms)
+        secs = asyncio.run(produce_all(settings, payloads))
+        raw = asyncio.run(raw_consume_rate(settings, args.events))
+        print(f"\n## {n_workers} worker{'s' if n_workers > 1 else ''}{label}")
+        print(f"produce (aiokafka, acks=1):            {args.events / secs:>10,.0f} events/s")
+        print(f"raw aiokafka consume + json parse:     {raw:>10,.0f} events/s   (ceiling)")
         for i in range(n_workers):
             s = settings if i == 0 else another_worker(settings, tmp / unique / f"worker-data-{i}")
             workers.append(WorkerProcess(s, tmp / unique / f"worker{i}.log", code_dir).start())
@@ -301,7 +301,10 @@ def measure(base: Settings, tmp: Path, args: argparse.Namespace, n_workers: int,
     finally:
         for w in workers:
             w.stop()
-        asyncio.run(delete_run_topics(settings))
+        try:
+            asyncio.run(delete_run_topics(settings))
+        except Exception as exc:  # a leftover run is a nuisance, not a reason to hide the run's own error
+            print(f"(could not delete this run's topics: {exc!r})", file=sys.stderr)
 
 
 async def broker_topics(settings: Settings) -> list[str]:
@@ -321,10 +324,13 @@ async def delete_run_topics(settings: Settings) -> None:
     ~3,600 partition directories left by earlier sessions used ~0.5 cores at 2,000 events/s."""
     from aiokafka.admin import AIOKafkaAdminClient
 
+    if not settings.topic_prefix.strip(".") or not settings.app_id:  # every topic would match
+        raise ValueError("only a run with its own topic prefix and app id deletes its topics")
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
-        names = [t for t in await admin.list_topics() if t.startswith((settings.topic_prefix, f"{settings.app_id}-"))]
+        names = [t for t in await admin.list_topics()
+                 if t.startswith((settings.topic_prefix, f"{settings.app_id}-")) and not t.startswith("__")]
         if names:
             await admin.delete_topics(names)
     finally:

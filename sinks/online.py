@@ -98,7 +98,7 @@ def features_key(patient_id: str) -> str:
 
 
 Pending = dict[str, tuple[int, str, Sequence[float]]]  # patient_id -> (ts_ms, event_id, values)
-Landed = Callable[[list[str]], None]  # called with the patients whose vectors a script call wrote
+Landed = Callable[[list[str]], None]  # called with a script call's patients: Redis holds their vector or a newer one
 
 
 class _Coalescing:
@@ -152,7 +152,7 @@ class OnlineStore(_Coalescing):
     """Redis writes, from a thread (`write`) or from an event loop (`write_async`, no thread hand-offs).
 
     A write sends its script calls together, then reads their replies in turn: `landed`, if given, is called
-    with the patients of each call as its reply comes (their vectors are in Redis from then on)."""
+    with the patients of each call as its reply comes (Redis holds their vector, or a newer one, from then on)."""
 
     def __init__(self, client: redis.Redis | None = None, ttl_seconds: int = TTL_SECONDS,
                  async_client: redis.asyncio.Redis | None = None) -> None:
@@ -166,7 +166,8 @@ class OnlineStore(_Coalescing):
 
     @classmethod
     def from_url(cls, url: str) -> "OnlineStore":
-        """A store with a sync client that retries a write on connection errors (3 times, backing off)."""
+        """A store with a sync client that resends a write's unanswered calls after a lost connection (3 times,
+        backing off 0.2-0.8 s)."""
         return cls(redis.Redis.from_url(url, retry=redis.retry.Retry(ExponentialBackoff(cap=2.0, base=0.1), 3)))
 
     def _packed_calls(self, pending: Pending) -> list[tuple[bytes, list[str]]]:

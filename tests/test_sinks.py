@@ -12,6 +12,7 @@ import pyarrow.dataset as ds
 import pytest
 import redis
 import redis.asyncio
+import redis.asyncio.retry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -198,33 +199,85 @@ def test_online_store_sync_writes_survive_a_flushed_script_cache(client):
     assert meta["event_id"] == "e2" and np.array_equal(values, vector(2), equal_nan=True)
 
 
+class _LosesOneReply:
+    """A connection's read_response that loses the connection once, after the first script call's reply, and
+    records the script calls' replies and the `landed` calls in the order they happen."""
+
+    def __init__(self, read, is_async: bool) -> None:  # noqa: ANN001
+        self.read, self.events = read, []
+        self.replies = []  # the script calls' (connecting reads the handshake's replies too)
+
+        def before() -> None:
+            if self.replies == [VECTORS_PER_CALL]:
+                self.replies.append("lost")
+                raise redis.ConnectionError("connection lost (injected)")
+
+        def after(reply):  # noqa: ANN001, ANN202
+            if isinstance(reply, int):
+                self.replies.append(reply)
+                self.events.append(("reply", reply))
+            return reply
+
+        if is_async:
+            async def read_response(connection, *args, **kwargs):  # noqa: ANN001, ANN202
+                before()
+                return after(await read(connection, *args, **kwargs))
+        else:
+            def read_response(connection, *args, **kwargs):  # noqa: ANN001, ANN202
+                before()
+                return after(read(connection, *args, **kwargs))
+        self.read_response = read_response
+
+    def landed(self, patients: list[str]) -> None:
+        self.events.append(("landed", patients))
+
+
+def _check_resent(flaky: _LosesOneReply, client: redis.Redis, n: int) -> None:
+    assert flaky.replies == [VECTORS_PER_CALL, "lost", VECTORS_PER_CALL, 1]  # the first call not sent again
+    calls = [[f"PT{i:05d}" for i in range(start, min(start + VECTORS_PER_CALL, n))]
+             for start in range(0, n, VECTORS_PER_CALL)]
+    # Each call's patients once, as its reply comes (before the next reply is read).
+    answered = [reply for reply in flaky.replies if reply != "lost"]
+    assert flaky.events == [event for reply, patients in zip(answered, calls) for event in (("reply", reply),
+                                                                                          ("landed", patients))]
+    for i in range(n):
+        values, meta = read_features(client, f"PT{i:05d}")
+        assert meta["event_id"] == f"e{i}" and np.array_equal(values, vector(i), equal_nan=True)
+
+
 def test_online_store_resends_unanswered_calls_after_a_connection_error(client, monkeypatch):
     """A connection lost mid-write (here: before the second call's reply) is retried by the client's policy;
     only the calls not answered yet go again, so each call's patients are reported landed once."""
     url = client.connection_pool.connection_kwargs
     store = OnlineStore(redis.Redis(host=url["host"], port=url["port"], db=url["db"], retry=Retry(NoBackoff(), 1)))
     n = 2 * VECTORS_PER_CALL + 1
-    read = redis.connection.Connection.read_response
-    replies = []  # the script calls' (connecting reads the handshake's replies too)
-
-    def flaky_read(self, *args, **kwargs):  # noqa: ANN001, ANN202
-        if replies == [VECTORS_PER_CALL]:
-            replies.append("lost")
-            raise redis.ConnectionError("connection lost (injected)")
-        reply = read(self, *args, **kwargs)
-        if isinstance(reply, int):
-            replies.append(reply)
-        return reply
-
-    monkeypatch.setattr(redis.connection.Connection, "read_response", flaky_read)
-    landed = []
-    assert store.write({f"PT{i:05d}": (1_000, f"e{i}", vector(i)) for i in range(n)}, landed.extend) == n
+    flaky = _LosesOneReply(redis.connection.Connection.read_response, is_async=False)
+    monkeypatch.setattr(redis.connection.Connection, "read_response", flaky.read_response)
+    assert store.write({f"PT{i:05d}": (1_000, f"e{i}", vector(i)) for i in range(n)}, flaky.landed) == n
     monkeypatch.undo()
-    assert replies == [VECTORS_PER_CALL, "lost", VECTORS_PER_CALL, 1]  # the first call not sent again
-    assert landed == [f"PT{i:05d}" for i in range(n)]
-    for i in range(n):
-        values, meta = read_features(client, f"PT{i:05d}")
-        assert meta["event_id"] == f"e{i}" and np.array_equal(values, vector(i), equal_nan=True)
+    _check_resent(flaky, client, n)
+
+
+def test_online_store_async_resends_unanswered_calls_after_a_connection_error(client, monkeypatch):
+    """The worker's path: the same, on an asyncio client."""
+    url = client.connection_pool.connection_kwargs
+    async_client = redis.asyncio.Redis(host=url["host"], port=url["port"], db=url["db"],
+                                       retry=redis.asyncio.retry.Retry(NoBackoff(), 1))
+    store = OnlineStore(async_client=async_client)
+    n = 2 * VECTORS_PER_CALL + 1
+    flaky = _LosesOneReply(redis.asyncio.connection.Connection.read_response, is_async=True)
+    monkeypatch.setattr(redis.asyncio.connection.Connection, "read_response", flaky.read_response)
+
+    async def write() -> int:
+        try:
+            return await store.write_async({f"PT{i:05d}": (1_000, f"e{i}", vector(i)) for i in range(n)},
+                                           flaky.landed)
+        finally:
+            await async_client.aclose()
+
+    assert asyncio.run(write()) == n
+    monkeypatch.undo()
+    _check_resent(flaky, client, n)
 
 
 def test_online_store_coalesces_to_latest_per_patient(client):

@@ -79,6 +79,14 @@ def test_simulated_stream_reaches_redis_and_lake(env, tmp_path):
     for name in ("vitalstream_feature_update_latency_seconds_count", "vitalstream_flush_rows_count{sink=\"offline\"}",
                  "vitalstream_consumer_lag{", "vitalstream_flush_seconds_count{sink=\"bronze\"}"):
         assert any(k.startswith(name) for k in metrics), name
+    # Each feature update's record is observed once in the latency histogram, when the call writing its vector
+    # (or a newer one of its patient) returned.
+    def latency_counts() -> tuple[float, float]:
+        m = scrape_metrics(settings)
+        return m.get("vitalstream_feature_update_latency_seconds_count", 0.0), m["vitalstream_feature_updates_total"]
+
+    wait_for(lambda: (lambda observed, updates: observed == updates > 0)(*latency_counts()), 30,
+             "every feature update's latency observed")
 
 
 def simulated_backlog(env, tmp_path, seed: int, patients: int, hours: float):
