@@ -361,7 +361,7 @@ def _caught_up(topic: str, partition: int) -> bool:
 
 
 # Every half of the shorter of the merge grace and the Redis interval, but at most 200 times a second (a tick with
-# nothing due costs a few tens of microseconds): with 5 ms waits a record waits up to about two grace periods.
+# nothing due costs a few tens of microseconds): with the 5 ms Redis interval, every 5 ms.
 _TICK_S = max(min(settings.merge_grace_ms, settings.online_flush_ms), 10) / 2000
 
 

@@ -65,7 +65,10 @@ class Settings(BaseSettings):
     flush_max_rows: int = 5_000  # lake (bronze/silver/offline) flush: whichever comes first
     flush_max_seconds: float = 2.0
     session_timeout_s: float = 10.0  # a killed worker's partitions move on after this long
-    merge_grace_ms: int = 5  # wait for caught-up topics before ordering past them (agents/ordering.py)
+    # Wait for caught-up topics before ordering past them (agents/ordering.py). At least the fetch's max wait: a
+    # topic counts as caught up by the highwater its last fetch reported, and a partition left out of the fetch in
+    # flight (it still had records buffered) is fetched one wait later; a shorter grace orders past its records.
+    merge_grace_ms: int = 25
     merge_max_idle_ms: int = 30_000  # wait at most this long for a lagging topic
     fetch_stall_s: float = 6.0  # a lagging partition that delivers nothing this long is sought again (at most
     # a third of the merge's max idle, so the merge never gives up on it first; agents/clinical.py)
