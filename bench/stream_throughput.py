@@ -382,7 +382,8 @@ def main() -> int:
     label = ""
     if baselines:
         label = (f", as configured (fetch {base.fetch_max_wait_ms} ms max wait, {base.fetch_min_bytes:,} bytes min; "
-                 f"waits {base.merge_grace_ms} ms; delivery into the inbox, batched changelog)")
+                 f"merge grace {base.merge_grace_ms} ms, Redis interval {base.online_flush_ms} ms; "
+                 f"delivery into the inbox, batched changelog)")
     for n_workers in args.workers:
         for baseline_label, overrides, code_dir in baselines:
             measure(base, tmp, args, n_workers, baseline_label, overrides, code_dir)
