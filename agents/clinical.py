@@ -261,7 +261,7 @@ _live: _LiveState | None = None
 
 # One client for the worker's life; it connects on first use, on the worker's event loop. Its retry policy is
 # explicit: a write that loses its connection resends its unanswered calls (sinks/online.py) up to 3 times, backing
-# off 0.1-0.8 s, before the batch fails, which stops the worker (no socket timeout is set, so a slow Redis is
+# off 0.2-0.8 s, before the batch fails, which stops the worker (no socket timeout is set, so a slow Redis is
 # waited for, not retried: a retried call could otherwise still run later on the old connection).
 _REDIS = redis.asyncio.Redis.from_url(settings.redis_url,
                                       retry=redis.asyncio.retry.Retry(ExponentialBackoff(cap=2.0, base=0.1), 3))

@@ -126,8 +126,9 @@ def test_online_store_writes_many_vectors_per_call_each_on_its_own_rule(client):
     landed = []  # each call's patients, as its reply comes: then they are readable
     assert store.write(store.take(), lambda patients: landed.append(
         (patients, client.hmget(features_key(patients[-1]), "updated_at_ms")[0]))) == n - len(range(0, n, 3))
-    assert [patients for patients, _ in landed] == [[f"PT{i:05d}" for i in range(start, min(start + VECTORS_PER_CALL, n))]
-                                                    for start in range(0, n, VECTORS_PER_CALL)]
+    calls = [[f"PT{i:05d}" for i in range(start, min(start + VECTORS_PER_CALL, n))]
+             for start in range(0, n, VECTORS_PER_CALL)]
+    assert [patients for patients, _ in landed] == calls
     assert [stored for _, stored in landed] == [b"5000", b"4000", b"5000"]  # PT00063 and PT00132 held newer ones
     for i in range(n):
         values, meta = read_features(client, f"PT{i:05d}")

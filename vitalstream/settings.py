@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     session_timeout_s: float = 10.0  # a killed worker's partitions move on after this long
     # Wait for caught-up topics before ordering past them (agents/ordering.py). At least the fetch's max wait: a
     # topic counts as caught up by the highwater its last fetch reported, and a partition left out of the fetch in
-    # flight (it still had records buffered) is fetched one wait later; a shorter grace orders past its records.
+    # flight (it still had records buffered) is fetched one wait later; a shorter grace could order past its records.
     merge_grace_ms: int = 25
     merge_max_idle_ms: int = 30_000  # wait at most this long for a lagging topic
     fetch_stall_s: float = 6.0  # a lagging partition that delivers nothing this long is sought again (at most
