@@ -44,20 +44,19 @@ class OnlineBatch:
     vectors: Pending  # the newest vector per patient
     arrivals: dict[str, list[int]]  # per patient, Kafka timestamps of the records behind it (latency histogram)
 
+    def landed(self, patients: list[str]) -> None:
+        """Feature-update latency of the records behind these patients' vectors, which Redis now holds: from each
+        record's Kafka timestamp to now."""
+        stamps = [ts for patient_id in patients for ts in self.arrivals.get(patient_id, ())]
+        if stamps:
+            ages_ms = time.time() * 1000 - np.asarray(stamps, dtype=np.float64)
+            metrics.observe_many(metrics.UPDATE_LATENCY, np.maximum(ages_ms, 0.0) / 1000)
+
 
 @dataclass
 class FlushReport:
     rows: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-def _observe_latency(arrivals: dict[str, list[int]], patients: list[str]) -> None:
-    """Feature-update latency of the records behind these patients' vectors, which Redis now holds: from each
-    record's Kafka timestamp to now."""
-    stamps = [ts for patient_id in patients for ts in arrivals.get(patient_id, ())]
-    if stamps:
-        ages_ms = time.time() * 1000 - np.asarray(stamps, dtype=np.float64)
-        metrics.observe_many(metrics.UPDATE_LATENCY, np.maximum(ages_ms, 0.0) / 1000)
 
 
 class Pipeline:
@@ -167,7 +166,7 @@ class Pipeline:
         if batch is None or self.online is None:
             return 0
         t0 = time.perf_counter()
-        self.online.write(batch.vectors, lambda patients: _observe_latency(batch.arrivals, patients))
+        self.online.write(batch.vectors, batch.landed)
         return self._online_written(batch, t0)
 
     async def write_online_async(self, batch: OnlineBatch | None) -> int:
@@ -175,7 +174,7 @@ class Pipeline:
         if batch is None or self.online is None:
             return 0
         t0 = time.perf_counter()
-        await self.online.write_async(batch.vectors, lambda patients: _observe_latency(batch.arrivals, patients))
+        await self.online.write_async(batch.vectors, batch.landed)
         return self._online_written(batch, t0)
 
     @staticmethod

@@ -181,7 +181,7 @@ class OnlineStore(_Coalescing):
             args = [*head, b"%d" % len(chunk), *(features_key(patient_id).encode() for patient_id, _ in chunk), *meta]
             for _, (ts_ms, event_id, values) in chunk:
                 args += (b"%d" % ts_ms, iso_ms(ts_ms).encode(), event_id.encode(), features_text(values))
-            calls.append((command(*args), [patient_id for patient_id, _ in chunk]))
+            calls.append((_command(*args), [patient_id for patient_id, _ in chunk]))
         return calls
 
     def write(self, pending: Pending, landed: Landed | None = None) -> int:
@@ -268,7 +268,7 @@ def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
-def command(*args: bytes) -> bytes:
+def _command(*args: bytes) -> bytes:
     """One command in Redis's protocol (RESP)."""
     return b"*%d\r\n%s" % (len(args), b"".join(map(_bulk, args)))
 

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from sinks.lake import Lake, utc_day
 from sinks.partitioned import OffsetTrackedSink
 from streams import topics
-from streams.events import CleanAdverseEvent, CleanEvent
+from streams.events import CleanEvent, event_time_ms
 
 _TS = pa.timestamp("ms", tz="UTC")
 _PROVENANCE = [("kafka_partition", pa.int32()), ("kafka_offset", pa.int64())]
@@ -76,7 +76,7 @@ class SilverSink:
 
     def add_event(self, topic: str, partition: int, offset: int, event: CleanEvent) -> None:
         # The events are immutable once validated: buffered as they are, turned into columns when written.
-        day = utc_day(event.onset_ms if isinstance(event, CleanAdverseEvent) else event.ts_ms)
+        day = utc_day(event_time_ms(event))
         self.sinks[topic].add(topic, partition, offset, f"date={day}", (partition, offset, event))
 
     def accepts(self, topic: str, partition: int, offset: int) -> bool:

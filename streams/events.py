@@ -89,3 +89,8 @@ class CleanPatientEvent:
 
 CleanEvent = CleanVitals | CleanLab | CleanMedication | CleanAdverseEvent | CleanPatientEvent
 
+
+def event_time_ms(event: CleanEvent) -> int:
+    """When the event happened: an adverse event's onset, any other event's timestamp."""
+    return event.onset_ms if isinstance(event, CleanAdverseEvent) else event.ts_ms
+

@@ -21,6 +21,7 @@ from streams.events import (
     CleanMedication,
     CleanPatientEvent,
     CleanVitals,
+    event_time_ms,
 )
 
 MAX_RECORD_BYTES = 64 * 1024
@@ -191,7 +192,7 @@ def validate_record(topic: str, key: bytes | None, value: bytes | None, record_t
     clean = _BUILDERS[topic](rec)
     if isinstance(clean, Rejection):
         return clean
-    event_ms = clean.onset_ms if isinstance(clean, CleanAdverseEvent) else clean.ts_ms
+    event_ms = event_time_ms(clean)
     if event_ms > record_ts_ms + MAX_FUTURE_SKEW_MS:
         return Rejection("future_timestamp", f"event time is {(event_ms - record_ts_ms) / 1000:.0f} s after Kafka received it")
     extra = len(data.keys() - _FIELDS[topic])
