@@ -65,6 +65,10 @@ class VitalStreamConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer._fetch_min_bytes = settings.fetch_min_bytes  # likewise
         return consumer
 
+    def last_poll_timestamp(self, tp: TP) -> int | None:
+        """aiokafka's: when (wall-clock ms) the last fetch response that reported tp's highwater was processed."""
+        return self._ensure_consumer().last_poll_timestamp(tp)
+
 
 class VitalStreamConsumer(faust_aiokafka.Consumer):
     """Faust's consumer with the fetch settings above, and no commits past records it skipped.
@@ -86,6 +90,10 @@ class VitalStreamConsumer(faust_aiokafka.Consumer):
 
     def _new_consumer_thread(self) -> VitalStreamConsumerThread:
         return VitalStreamConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def last_poll_timestamp(self, tp: TP) -> int | None:
+        """Forwarded to the consumer thread, as Faust forwards `highwater` (the merge's freshness test)."""
+        return self._thread.last_poll_timestamp(tp)
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
         if not topics.has_offset_holes(settings, tp.topic):

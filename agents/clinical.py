@@ -256,6 +256,14 @@ def _highwater(tp: TP) -> int | None:
         return None
 
 
+def _fetched_ms(tp: TP) -> int | None:
+    """When the fetch response that last reported tp's highwater was processed (wall-clock ms), if known."""
+    try:
+        return app.consumer.last_poll_timestamp(tp)
+    except AssertionError:  # as in _highwater
+        return None
+
+
 _live: _LiveState | None = None
 
 
@@ -358,6 +366,10 @@ def _caught_up(topic: str, partition: int) -> bool:
     tp = TP(topics.kafka_name(settings, topic), partition)
     highwater = _highwater(tp)
     return highwater is not None and _next_offset(_live, tp) >= highwater
+
+
+def _fetched_at(topic: str, partition: int) -> int | None:
+    return _fetched_ms(TP(topics.kafka_name(settings, topic), partition))
 
 
 # Every half of the shorter of the merge grace and the Redis interval, but at most 200 times a second (a tick with
@@ -464,7 +476,9 @@ async def _watch_fetching(live: _LiveState) -> None:
 
 async def _process_released(live: _LiveState) -> None:
     """Run the records the merge releases through the pipeline; write Redis once for all of them."""
-    released = live.merge.release(time.monotonic() * 1000, _caught_up)  # monotonic: immune to clock steps
+    # The grace on the monotonic clock (immune to clock steps); fetch times are aiokafka's and compared only
+    # with each other (a step back makes newer fetches look older: records then wait out the grace, as before).
+    released = live.merge.release(time.monotonic() * 1000, _caught_up, _fetched_at)
     # Released records are owed an ack whatever happens next.
     live.unacked.extend(msg for _, msg in released)
     since_yield = time.perf_counter()
@@ -576,11 +590,18 @@ async def _consume(live: _LiveState, stream) -> None:  # noqa: ANN001
             live.backlogged = (highwater is not None and highwater - last.offset > settings.batch_max_events
                                and time.time() - last.timestamp > settings.online_flush_backlog_ms / 1000)
             now_ms = time.monotonic() * 1000  # merge timing only (see TimestampMerge)
+            # A record's fetch: its partition's last fetch response now, that response or a newer one (a
+            # partition is fetched again only once its buffered records were delivered): erring late is safe.
+            fetched: dict[TP, float] = {}
             for msg in current:
                 rec = RawRecord(topics.logical_name(settings, msg.topic), msg.partition, msg.offset,
                                 round(msg.timestamp * 1000), msg.key, msg.value)
                 if rec.topic in MERGE_RANK:
-                    live.merge.add(rec, msg, now_ms)
+                    stamp = fetched.get(msg.tp)
+                    if stamp is None:
+                        got = _fetched_ms(msg.tp)
+                        stamp = fetched[msg.tp] = float("inf") if got is None else got
+                    live.merge.add(rec, msg, now_ms, stamp)
                 else:  # adverse events (and anything unexpected) need no ordering
                     dead = _process_one(live, rec, msg)
                     if dead is not None:

@@ -8,9 +8,11 @@ interrupted by a crash). Like Kafka Streams' `max.task.idle.ms`, records of the
 same partition number of every topic (the same patients, as every topic is keyed
 by patient_id) are merged by their heads: the smallest (timestamp, topic rank)
 goes first. Live, a head is released once every topic has a record buffered, or
-once the empty topics are caught up and the head has waited `grace_ms`, or once the
-partition's merge has been blocked on an empty topic for `max_idle_ms` regardless.
-Replay, with all records at hand, calls `merge_order`, the same rule without waiting.
+once the empty topics are caught up as of a fetch response no older than the one
+that delivered the head (their highwaters were read after the head was written), or
+once they are caught up and the head has waited `grace_ms`, or once the partition's
+merge has been blocked on an empty topic for `max_idle_ms` regardless. Replay, with
+all records at hand, calls `merge_order`, the same rule without waiting.
 """
 from __future__ import annotations
 
@@ -41,28 +43,35 @@ class TimestampMerge:
     def __init__(self, grace_ms: int = 50, max_idle_ms: int = 5_000) -> None:
         self.grace_ms = grace_ms
         self.max_idle_ms = max_idle_ms
-        # partition -> topic -> FIFO of (record, handle, received_ms)
-        self._fifos: dict[int, dict[str, deque[tuple[RawRecord, Any, float]]]] = {}
+        # partition -> topic -> FIFO of (record, handle, received_ms, fetched_ms)
+        self._fifos: dict[int, dict[str, deque[tuple[RawRecord, Any, float, float]]]] = {}
         # partition -> since when its merge has waited on a lagging (empty, not caught up) topic; cleared when
         # no topic lags. Max idle counts from here, like Kafka Streams' max.task.idle.ms, not from when the head
         # record arrived: a record buffered long during a catch-up must still wait for a topic that just ran empty.
         # Times are monotonic milliseconds.
         self._blocked_since: dict[int, float] = {}
 
-    def add(self, rec: RawRecord, handle: Any, received_ms: float) -> None:
+    def add(self, rec: RawRecord, handle: Any, received_ms: float, fetched_ms: float = float("inf")) -> None:
+        """Buffer a record. received_ms: monotonic time of its delivery (for the grace). fetched_ms: when the
+        fetch response that delivered it was processed, on the clock of `release`'s fetched_at (infinity
+        if unknown: the record then waits out the grace)."""
         fifos = self._fifos.get(rec.partition)
         if fifos is None:
             fifos = self._fifos[rec.partition] = {t: deque() for t in MERGE_RANK}
-        fifos[rec.topic].append((rec, handle, received_ms))
+        fifos[rec.topic].append((rec, handle, received_ms, fetched_ms))
 
     @property
     def buffered(self) -> int:
         return sum(len(q) for fifos in self._fifos.values() for q in fifos.values())
 
-    def release(self, now_ms: float, caught_up: Callable[[str, int], bool]) -> list[tuple[RawRecord, Any]]:
-        """Every record that may go now, in merge order. caught_up(topic, partition): nothing more to fetch."""
+    def release(self, now_ms: float, caught_up: Callable[[str, int], bool],
+                fetched_at: Callable[[str, int], float | None] | None = None) -> list[tuple[RawRecord, Any]]:
+        """Every record that may go now, in merge order. caught_up(topic, partition): nothing more to fetch.
+        fetched_at(topic, partition): when the fetch response that last reported its highwater was processed
+        (None if unknown); without it, records of a partition with an empty topic wait out the grace."""
         out: list[tuple[RawRecord, Any]] = []
         known: dict[tuple[str, int], bool] = {}
+        stamps: dict[tuple[str, int], float] = {}
 
         def all_caught_up(empty: list[str], partition: int) -> bool:
             # An empty topic stays empty during one release: ask the consumer once per topic-partition.
@@ -73,6 +82,19 @@ class TimestampMerge:
                 if not done:
                     return False
             return True
+
+        def freshness(empty: list[str], partition: int) -> float:
+            """The oldest fetch of the empty topics' highwaters: records delivered by a fetch no newer may go."""
+            if fetched_at is None:
+                return float("-inf")
+            oldest = float("inf")
+            for t in empty:
+                stamp = stamps.get((t, partition))
+                if stamp is None:
+                    got = fetched_at(t, partition)
+                    stamp = stamps[(t, partition)] = float("-inf") if got is None else got
+                oldest = min(oldest, stamp)
+            return oldest
 
         for partition, fifos in self._fifos.items():
             while True:
@@ -90,18 +112,24 @@ class TimestampMerge:
                 else:
                     self._blocked_since.pop(partition, None)
                     waited = False
+                # The empty topics are caught up (or waited out). A head may go at once if their highwaters
+                # came from a fetch response no older than the one that delivered it: the broker read them after
+                # the head was written, so a record of theirs written before it would have been delivered.
+                # A topic left out of the fetch in flight (it still had records buffered) has an older
+                # highwater; the head then waits for its next fetch, or at most the grace.
+                fresh = freshness(empty, partition) if empty and not waited else float("inf")
                 if len(filled) == 1:
                     # One topic holds records (the common case): its FIFO goes in order, the same decision
                     # for each record as below, without re-deciding per record.
                     q = filled[0]
-                    while q and (waited or not empty or now_ms - q[0][2] >= self.grace_ms):
-                        rec, handle, _ = q.popleft()
+                    while q and (waited or not empty or q[0][3] <= fresh or now_ms - q[0][2] >= self.grace_ms):
+                        rec, handle, _, _ = q.popleft()
                         out.append((rec, handle))
                     if q:
                         break
                     continue
-                rec, handle, received = min((q[0] for q in filled), key=lambda h: _key(h[0]))
-                if not waited and empty and now_ms - received < self.grace_ms:
+                rec, handle, received, fetched = min((q[0] for q in filled), key=lambda h: _key(h[0]))
+                if not waited and empty and fetched > fresh and now_ms - received < self.grace_ms:
                     break
                 fifos[rec.topic].popleft()
                 out.append((rec, handle))

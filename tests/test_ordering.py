@@ -32,15 +32,21 @@ def test_live_merge_releases_in_replay_order(per_topic, rnd: random.Random) -> N
     pending = {t: list(recs) for t, recs in per_topic.items()}
     released = []
     now = 0.0
+    fetches = {t: 0 for t in TOPICS}  # the fetch response that last reported each topic's highwater
     # Records arrive topic by topic in random interleavings (as fetches do); every topic is caught up
-    # only once all its records have arrived.
-    while any(pending.values()):
+    # only once all its records have arrived. Each round is a fetch response holding some of the topics.
+    for fetch in range(1, 10_000):
+        if not any(pending.values()):
+            break
         topic = rnd.choice([t for t in TOPICS if pending[t]])
+        for t in TOPICS:
+            if t == topic or rnd.random() < 0.5:
+                fetches[t] = fetch
         for _ in range(rnd.randint(1, 3)):
             if pending[topic]:
-                merge.add(pending[topic].pop(0), None, now)
+                merge.add(pending[topic].pop(0), None, now, fetched_ms=fetch)
         now += rnd.choice([0, 10, 100])
-        released += [r for r, _ in merge.release(now, lambda t, p: not pending[t])]
+        released += [r for r, _ in merge.release(now, lambda t, p: not pending[t], lambda t, p: fetches[t])]
     released += [r for r, _ in merge.release(now + 10_000, lambda t, p: True)]
     assert merge.buffered == 0
     assert released == list(merge_order(per_topic.values()))
@@ -72,6 +78,26 @@ def test_grace_for_caught_up_topics_and_no_wait_when_every_topic_has_a_head() ->
     # Every topic has a head: the smallest goes at once, however recent.
     out = merge.release(2_000, lambda t, p: False)
     assert [h for _, h in out] == TOPICS[:1]  # then labs waits: patients ran empty and may have more at the broker
+
+
+def test_a_head_goes_at_once_when_the_empty_topics_highwaters_are_as_fresh_as_its_fetch() -> None:
+    merge = TimestampMerge(grace_ms=50, max_idle_ms=1_000)
+    fetched = {t: 7.0 for t in TOPICS}
+    fetched[TOPICS[1]] = 6.0  # labs was left out of fetch 7 (it still had records buffered then)
+    merge.add(record(TOPICS[3], 0, 5), "v0", received_ms=1_000, fetched_ms=7.0)
+    merge.add(record(TOPICS[3], 1, 6), "v1", received_ms=1_000, fetched_ms=7.0)
+    caught_up = lambda t, p: True  # noqa: E731
+    assert merge.release(1_001, caught_up, fetched.get) == [], "released on a highwater older than its fetch"
+    fetched.update({t: 8.0 for t in TOPICS})  # the next fetch held every topic, labs with nothing new
+    assert [h for _, h in merge.release(1_002, caught_up, fetched.get)] == ["v0", "v1"]  # no grace waited
+    # A fresh highwater of a topic that is not caught up releases nothing: its records are yet to come.
+    merge.add(record(TOPICS[3], 2, 7), "v2", received_ms=2_000, fetched_ms=8.0)
+    assert merge.release(2_001, lambda t, p: t != TOPICS[0], fetched.get) == []
+    # Unknown fetch times (a consumer that cannot tell): the grace, as before.
+    merge.add(record(TOPICS[3], 3, 8), "v3", received_ms=2_000)
+    assert [h for _, h in merge.release(2_010, caught_up, fetched.get)] == ["v2"]  # v3 waits out the grace
+    assert merge.release(2_049, caught_up, lambda t, p: None) == []
+    assert [h for _, h in merge.release(2_050, caught_up, lambda t, p: None)] == ["v3"]
 
 
 def test_a_topic_that_lags_for_good_costs_one_max_idle_not_one_per_record() -> None:
