@@ -72,8 +72,10 @@ class SealedBatch:
 def write_batches(batches: list[SealedBatch]) -> list[FlushStats]:
     """Encode and write every batch's objects in parallel; then, once all are stored, their watermarks."""
     t0 = time.perf_counter()
-    jobs = [(b.sink, path, rows) for b in batches for path, rows in b.objects]
-    list(_POOL.map(lambda job: job[0].lake.put(job[1], job[0].encode(job[2])), jobs))
+    # Encoded here, one object after another: encoding is mostly Python (holding the GIL), and parallel encoders
+    # would take GIL turns from the worker's event loop. Only the PUTs, which release it, go in parallel.
+    encoded = [(b.sink.lake, path, b.sink.encode(rows)) for b in batches for path, rows in b.objects]
+    list(_POOL.map(lambda job: job[0].put(job[1], job[2]), encoded))
     marks = [(b.sink, tp, offset) for b in batches for tp, offset in b.markers]
     list(_POOL.map(lambda m: m[0].lake.put(m[0]._marker(m[1]), str(m[2]).encode()), marks))
     for sink, tp, offset in marks:
