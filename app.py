@@ -16,7 +16,7 @@ from mode.services import WaitResults
 
 from streams import topics
 from streams.delivery import RecordInbox, wait_first_eagerly
-from vitalstream.process import tune_gc
+from vitalstream.process import tune_gc, tune_gil
 from vitalstream.settings import get_settings
 
 settings = get_settings()
@@ -164,6 +164,7 @@ app = VitalStreamApp(
 import agents.clinical  # noqa: E402,F401  (registers the agents and tables)
 
 tune_gc(settings)  # after every import, before Faust starts anything
+tune_gil(settings)
 
 if __name__ == "__main__":
     app.main()

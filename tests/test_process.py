@@ -23,11 +23,23 @@ def test_tune_gc_raises_the_young_threshold_and_freezes_startup_objects():
     assert int(second) == 12345  # 0 leaves the threshold as it is
 
 
-def test_the_worker_app_tunes_gc_when_imported():
-    code = "import gc; import app; print(gc.get_threshold()[0], gc.get_freeze_count())"
+def test_the_worker_app_tunes_gc_and_the_gil_when_imported():
+    code = "import gc, sys; import app; print(gc.get_threshold()[0], gc.get_freeze_count(), sys.getswitchinterval())"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    threshold, frozen = map(int, out.stdout.split()[-2:])
-    assert threshold == 50_000 and frozen > 10_000
+    threshold, frozen, interval = out.stdout.split()[-3:]
+    assert int(threshold) == 50_000 and int(frozen) > 10_000
+    assert float(interval) == 0.001
+
+
+def test_tune_gil_sets_the_switch_interval_and_zero_leaves_it():
+    code = ("import sys; from vitalstream.process import tune_gil; from vitalstream.settings import Settings\n"
+            "before = sys.getswitchinterval(); tune_gil(Settings(gil_switch_interval_ms=2.5)); "
+            "print(before, sys.getswitchinterval()); tune_gil(Settings(gil_switch_interval_ms=0)); "
+            "print(sys.getswitchinterval())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    first, second = out.stdout.splitlines()
+    assert [float(x) for x in first.split()] == [0.005, 0.0025]
+    assert float(second) == 0.0025
 
 
 def test_the_build_statuses_are_logged(caplog):

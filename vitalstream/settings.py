@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     # scan also walks the survivors (patients' windows). Collect young objects every this many allocations
     # instead (0: Python's default). See docs/pipeline.md ("Garbage collection").
     gc_gen0_threshold: int = 50_000
+    # How long a thread may hold the GIL while another waits for it (Python's default: 5 ms). The worker's event
+    # loop shares the GIL with the lake writer's thread; at 1 ms it waits less each time it wakes. See
+    # docs/pipeline.md ("The GIL's switch interval"). 0 leaves Python's default.
+    gil_switch_interval_ms: float = 1.0
     worker_data_dir: Path | None = None  # RocksDB tables; default {stack_dir}/worker-data
 
     # --- training and the model registry ----------------------------------------
