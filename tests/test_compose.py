@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from vitalstream.settings import Settings
+from vitalstream.stack.services import AOF_REWRITE_MIN_SIZE
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -385,6 +386,8 @@ def test_redis_persistence_and_hash_encoding(compose):
     assert redis["image"].startswith("redis:7")
     cmd = command_str(redis)
     assert re.search(r"--appendonly\s+yes", cmd)
+    # The same AOF rewrite threshold as the local stack's (vitalstream/stack/services.py).
+    assert re.search(rf"--auto-aof-rewrite-min-size\s+{AOF_REWRITE_MIN_SIZE}\b", cmd)
     m = re.search(r"--hash-max-listpack-entries\s+(\d+)", cmd)
     assert m, "hash-max-listpack-entries not set"
     # The online store writes ~140-field hashes; they must exceed the threshold so Redis

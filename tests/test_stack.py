@@ -79,6 +79,10 @@ def test_redis_ping_set_get(stack, unique):
     client.set(f"test:{unique}", "ok", ex=60)
     assert client.get(f"test:{unique}") == b"ok"
     client.delete(f"test:{unique}")
+    # The online store's persistence and hash encoding (vitalstream/stack/services.py: Redis).
+    config = client.config_get("*")
+    assert config["appendonly"] == "yes" and config["hash-max-listpack-entries"] == "128"
+    assert int(config["auto-aof-rewrite-min-size"]) == 1 << 30
 
 
 def test_postgres_query(stack):

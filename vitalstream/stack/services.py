@@ -222,6 +222,10 @@ class Kafka(Service):
 
 
 # --- Redis -----------------------------------------------------------------------------
+# The online store's AOF rewrite threshold, in the local stack and in docker-compose.yml.
+AOF_REWRITE_MIN_SIZE = "1gb"
+
+
 class Redis(Service):
     name = "redis"
     start_timeout_s = 30.0
@@ -241,7 +245,11 @@ class Redis(Service):
                "--daemonize", "no", "--save", "", "--appendonly", "yes",
                # The online store writes ~140-field hashes; above 128 fields Redis uses a real hash table
                # instead of a listpack it must scan on every HSET (2-3x the write rate, see docs/benchmarks.md).
-               "--hash-max-listpack-entries", "128"]
+               "--hash-max-listpack-entries", "128",
+               # Its append-only file is nearly all overwrites of one hash per patient (~7 KB a vector): ~14 MB/s
+               # at 2,000 vectors/s. Redis's default (rewrite from 64 MB) forked and dumped the dataset every
+               # ~4 s, and p99 latency at 2,000 events/s tripled (docs/benchmarks.md, session 11).
+               "--auto-aof-rewrite-min-size", AOF_REWRITE_MIN_SIZE]
         spawn(cmd, log_path=self.log_path, pid_file=self.pid_file)
 
     def healthy(self) -> bool:
