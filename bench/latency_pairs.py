@@ -35,6 +35,7 @@ from vitalstream.settings import Settings  # noqa: E402
 def one_run(base: Settings, tmp: Path, args: argparse.Namespace, overrides: dict, code_dir: Path) -> str:
     """A worker on fresh topics: its backlog rate, or its latency at the rate after a warm-up."""
     unique = uuid.uuid4().hex[:8]
+    (tmp / unique).mkdir(parents=True)
     settings = isolated_settings(base, unique, tmp / unique, partitions=args.partitions).model_copy(update=overrides)
     if args.lake == "file":
         settings = settings.model_copy(update={"lake_uri": f"file://{tmp}/{unique}/lake"})
