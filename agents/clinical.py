@@ -476,9 +476,11 @@ async def _watch_fetching(live: _LiveState) -> None:
 
 async def _process_released(live: _LiveState) -> None:
     """Run the records the merge releases through the pipeline; write Redis once for all of them."""
-    # The grace on the monotonic clock (immune to clock steps); fetch times are aiokafka's and compared only
-    # with each other (a step back makes newer fetches look older: records then wait out the grace, as before).
-    released = live.merge.release(time.monotonic() * 1000, _caught_up, _fetched_at)
+    # The grace on the monotonic clock (immune to clock steps). Fetch stamps are aiokafka's wall-clock times,
+    # compared only with each other; a step back of the clock can let a record go on a highwater up to the
+    # step older than its fetch, until that topic's next fetch.
+    released = live.merge.release(time.monotonic() * 1000, _caught_up,
+                                  _fetched_at if settings.merge_fresh_highwaters else None)
     # Released records are owed an ack whatever happens next.
     live.unacked.extend(msg for _, msg in released)
     since_yield = time.perf_counter()
@@ -592,15 +594,15 @@ async def _consume(live: _LiveState, stream) -> None:  # noqa: ANN001
             now_ms = time.monotonic() * 1000  # merge timing only (see TimestampMerge)
             # A record's fetch: its partition's last fetch response now, that response or a newer one (a
             # partition is fetched again only once its buffered records were delivered): erring late is safe.
-            fetched: dict[TP, float] = {}
+            stamps: dict[TP, float] = {}
             for msg in current:
                 rec = RawRecord(topics.logical_name(settings, msg.topic), msg.partition, msg.offset,
                                 round(msg.timestamp * 1000), msg.key, msg.value)
                 if rec.topic in MERGE_RANK:
-                    stamp = fetched.get(msg.tp)
+                    stamp = stamps.get(msg.tp)
                     if stamp is None:
-                        got = _fetched_ms(msg.tp)
-                        stamp = fetched[msg.tp] = float("inf") if got is None else got
+                        got = _fetched_ms(msg.tp) if settings.merge_fresh_highwaters else None
+                        stamp = stamps[msg.tp] = float("inf") if got is None else got
                     live.merge.add(rec, msg, now_ms, stamp)
                 else:  # adverse events (and anything unexpected) need no ordering
                     dead = _process_one(live, rec, msg)

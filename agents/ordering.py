@@ -8,11 +8,11 @@ interrupted by a crash). Like Kafka Streams' `max.task.idle.ms`, records of the
 same partition number of every topic (the same patients, as every topic is keyed
 by patient_id) are merged by their heads: the smallest (timestamp, topic rank)
 goes first. Live, a head is released once every topic has a record buffered, or
-once the empty topics are caught up as of a fetch response no older than the one
-that delivered the head (their highwaters were read after the head was written), or
-once they are caught up and the head has waited `grace_ms`, or once the partition's
-merge has been blocked on an empty topic for `max_idle_ms` regardless. Replay, with
-all records at hand, calls `merge_order`, the same rule without waiting.
+once the empty topics are caught up and the head has waited `grace_ms`, or once the
+partition's merge has been blocked on an empty topic for `max_idle_ms` regardless.
+Optionally (fetch stamps given), also once the empty topics are caught up as of a
+fetch response no older than the one that delivered the head. Replay, with all
+records at hand, calls `merge_order`, the same rule without waiting.
 """
 from __future__ import annotations
 
@@ -53,8 +53,8 @@ class TimestampMerge:
 
     def add(self, rec: RawRecord, handle: Any, received_ms: float, fetched_ms: float = float("inf")) -> None:
         """Buffer a record. received_ms: monotonic time of its delivery (for the grace). fetched_ms: when the
-        fetch response that delivered it was processed, on the clock of `release`'s fetched_at (infinity
-        if unknown: the record then waits out the grace)."""
+        fetch response that delivered it, or a later one of its partition, was processed, on the clock of
+        `release`'s fetched_at (infinity if unknown: the record then waits out the grace)."""
         fifos = self._fifos.get(rec.partition)
         if fifos is None:
             fifos = self._fifos[rec.partition] = {t: deque() for t in MERGE_RANK}
@@ -68,7 +68,8 @@ class TimestampMerge:
                 fetched_at: Callable[[str, int], float | None] | None = None) -> list[tuple[RawRecord, Any]]:
         """Every record that may go now, in merge order. caught_up(topic, partition): nothing more to fetch.
         fetched_at(topic, partition): when the fetch response that last reported its highwater was processed
-        (None if unknown); without it, records of a partition with an empty topic wait out the grace."""
+        (None if unknown); without it (the default configuration, see VITALSTREAM_MERGE_FRESH_HIGHWATERS),
+        records of a partition with an empty topic wait out the grace."""
         out: list[tuple[RawRecord, Any]] = []
         known: dict[tuple[str, int], bool] = {}
         stamps: dict[tuple[str, int], float] = {}
@@ -103,6 +104,10 @@ class TimestampMerge:
                     self._blocked_since.pop(partition, None)
                     break
                 empty = [t for t, q in fifos.items() if not q]
+                # The stamps before the highwaters: aiokafka's consumer thread sets a partition's highwater, then
+                # its stamp. Read the other way round, a response landing in between would pair an old highwater
+                # with a new stamp.
+                fresh = freshness(empty, partition) if empty else float("inf")
                 if empty and not all_caught_up(empty, partition):
                     # Waiting on a lagging topic. The clock runs until it delivers or catches up, not per
                     # record: once past max idle, the partition flows instead of one record per max idle.
@@ -112,12 +117,13 @@ class TimestampMerge:
                 else:
                     self._blocked_since.pop(partition, None)
                     waited = False
-                # The empty topics are caught up (or waited out). A head may go at once if their highwaters
-                # came from a fetch response no older than the one that delivered it: the broker read them after
-                # the head was written, so a record of theirs written before it would have been delivered.
-                # A topic left out of the fetch in flight (it still had records buffered) has an older
+                # The empty topics are caught up (or waited out). With fetch stamps, a head may go at once if their
+                # highwaters came from a fetch response no older than the one that delivered it: the broker read
+                # them after the head was written, so a record of theirs written before it would have been
+                # delivered. A topic left out of the fetch in flight (it still had records buffered) has an older
                 # highwater; the head then waits for its next fetch, or at most the grace.
-                fresh = freshness(empty, partition) if empty and not waited else float("inf")
+                if waited:
+                    fresh = float("inf")
                 if len(filled) == 1:
                     # One topic holds records (the common case): its FIFO goes in order, the same decision
                     # for each record as below, without re-deciding per record.

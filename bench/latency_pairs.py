@@ -40,11 +40,13 @@ def one_run(base: Settings, tmp: Path, args: argparse.Namespace, overrides: dict
     if args.lake == "file":
         settings = settings.model_copy(update={"lake_uri": f"file://{tmp}/{unique}/lake"})
     ensure_topics(settings)
-    now_ms = int(time.time() * 1000)
-    if args.backlog:
-        asyncio.run(produce_all(settings, vitals_payloads(args.backlog, args.patients, now_ms - 3_600_000)))
-    worker = WorkerProcess(settings, tmp / unique / "worker.log", code_dir).start()
+    worker = None
     try:
+        now_ms = int(time.time() * 1000)
+        if args.backlog:  # one reading per patient per minute, ending now (as bench/stream_throughput.py does)
+            start_ms = now_ms - (args.backlog // args.patients + 1) * 60_000
+            asyncio.run(produce_all(settings, vitals_payloads(args.backlog, args.patients, start_ms)))
+        worker = WorkerProcess(settings, tmp / unique / "worker.log", code_dir).start()
         wait_for(lambda: "Worker ready" in worker.log_text() or worker.proc.poll() is not None, 120, "the worker")
         assert worker.proc.poll() is None, worker.log_text()[-3000:]
         if args.backlog:
@@ -60,8 +62,12 @@ def one_run(base: Settings, tmp: Path, args: argparse.Namespace, overrides: dict
         p50, p99, n, machine = live_latency(settings, [worker], args.rate, args.seconds, args.patients)
         return f"p50 {p50:6.1f} ms   p99 {p99:6.1f} ms   ({n:,} events; {machine.split(';')[0]})"
     finally:
-        worker.stop()
-        asyncio.run(delete_run_topics(settings))
+        if worker is not None:
+            worker.stop()
+        try:
+            asyncio.run(delete_run_topics(settings))
+        except Exception as exc:  # a leftover run is a nuisance, not a reason to hide the run's own error
+            print(f"(could not delete this run's topics: {exc!r})", file=sys.stderr)
 
 
 def main() -> int:
@@ -80,6 +86,8 @@ def main() -> int:
     args = ap.parse_args()
     if not args.against and not args.set:
         ap.error("say what B is: --against REV and/or --set FIELD=VALUE")
+    if not 1 <= args.pairs <= 7:  # each run takes one of Redis's databases 1-15 (tests/harness.py)
+        ap.error("--pairs: 1 to 7")
     base = Settings()
     overrides = {}
     for item in args.set:

@@ -70,7 +70,7 @@ class SealedBatch:
 
 
 def write_batches(batches: list[SealedBatch]) -> list[FlushStats]:
-    """Encode and write every batch's objects in parallel; then, once all are stored, their watermarks."""
+    """Encode every batch's objects, write them in parallel; then, once all are stored, their watermarks."""
     t0 = time.perf_counter()
     # Encoded here, one object after another: encoding is mostly Python (holding the GIL), and parallel encoders
     # would take GIL turns from the worker's event loop. Only the PUTs, which release it, go in parallel.

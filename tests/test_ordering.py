@@ -100,6 +100,31 @@ def test_a_head_goes_at_once_when_the_empty_topics_highwaters_are_as_fresh_as_it
     assert [h for _, h in merge.release(2_050, caught_up, lambda t, p: None)] == ["v3"]
 
 
+def test_with_several_heads_the_smallest_goes_only_on_fresh_highwaters_of_the_empty_topics() -> None:
+    merge = TimestampMerge(grace_ms=50, max_idle_ms=1_000)
+    merge.add(record(TOPICS[1], 0, 5), "l0", received_ms=0, fetched_ms=3.0)
+    merge.add(record(TOPICS[3], 0, 6), "v0", received_ms=0, fetched_ms=3.0)
+    fetched = {t: 3.0 for t in TOPICS}
+    fetched[TOPICS[0]] = 2.0  # the patients topic's highwater is older than the heads' fetch
+    caught_up = lambda t, p: True  # noqa: E731
+    assert merge.release(1, caught_up, lambda t, p: fetched[t]) == []
+    fetched[TOPICS[0]] = 3.0
+    assert [h for _, h in merge.release(2, caught_up, lambda t, p: fetched[t])] == ["l0", "v0"]
+
+
+def test_fetch_stamps_are_read_before_highwaters() -> None:
+    # aiokafka sets a partition's highwater, then its stamp: read the other way round, a fetch response landing in
+    # between would pair an old highwater with a new stamp and release a head too early.
+    calls: list[tuple[str, str]] = []
+    merge = TimestampMerge(grace_ms=50)
+    merge.add(record(TOPICS[3], 0, 5), "v", received_ms=0, fetched_ms=1.0)
+    out = merge.release(1, lambda t, p: calls.append(("highwater", t)) is None,
+                        lambda t, p: calls.append(("stamp", t)) or 1.0)
+    assert [h for _, h in out] == ["v"]
+    for topic in TOPICS[:3]:
+        assert calls.index(("stamp", topic)) < calls.index(("highwater", topic)), calls
+
+
 def test_a_topic_that_lags_for_good_costs_one_max_idle_not_one_per_record() -> None:
     merge = TimestampMerge(grace_ms=50, max_idle_ms=30_000)
     for i in range(100):

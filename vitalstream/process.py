@@ -28,8 +28,9 @@ def tune_gc(settings: Settings) -> None:
 
 
 def tune_gil(settings: Settings) -> None:
-    """Hand the GIL over sooner: the event loop waits at most this long for it when it wakes (a Redis reply,
-    a fetch) while the lake writer's thread runs Python (encoding a flush's objects).
+    """Hand the GIL over sooner: when the event loop wakes (a Redis reply, a fetch) while the lake writer's
+    thread runs Python (encoding a flush's objects), it waits about this long for it (longer if that thread is
+    in a C call that keeps the GIL).
 
     At Python's default of 5 ms, p99 arrival-to-Redis latency at 2,000 events/s was 188-330 ms in alternating
     runs against 118-176 ms at 1 ms, at the same backlog rate (docs/benchmarks.md, session 11).

@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     # flight (it still had records buffered) is fetched one wait later; a shorter grace could order past its records.
     merge_grace_ms: int = 25
     merge_max_idle_ms: int = 30_000  # wait at most this long for a lagging topic
+    # Release a record without the grace once the empty topics' highwaters are as fresh as its own fetch (about
+    # halves p50 latency). Off by default: it covers records that reached the broker before the record, while the
+    # grace also covers those a producer sends a little after it (batches of other partitions lingering). Turn
+    # it on when producers send each patient's records in timestamp order. See docs/pipeline.md ("Order").
+    merge_fresh_highwaters: bool = False
     fetch_stall_s: float = 6.0  # a lagging partition that delivers nothing this long is sought again (at most
     # a third of the merge's max idle, so the merge never gives up on it first; agents/clinical.py)
     online_flush_ms: int = 5  # Redis write interval when caught up (coalesces a patient's vectors)
