@@ -24,8 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pydantic import TypeAdapter  # noqa: E402
-from stream_throughput import (REPO, delete_run_topics, export_revision, live_latency,  # noqa: E402
-                               produce_all, scrape_metrics, vitals_payloads, wait_redis_quiet)
+from stream_throughput import (REPO, delete_run_topics, empty_redis_db, export_revision,  # noqa: E402
+                               live_latency, produce_all, scrape_metrics, vitals_payloads, wait_redis_quiet)
 from streams import topics  # noqa: E402
 from streams.topics import ensure_topics  # noqa: E402
 from tests.harness import WorkerProcess, isolated_settings, wait_for  # noqa: E402
@@ -40,6 +40,7 @@ def one_run(base: Settings, tmp: Path, args: argparse.Namespace, overrides: dict
     if args.lake == "file":
         settings = settings.model_copy(update={"lake_uri": f"file://{tmp}/{unique}/lake"})
     ensure_topics(settings)
+    empty_redis_db(settings)
     worker = None
     try:
         now_ms = int(time.time() * 1000)

@@ -262,6 +262,16 @@ def export_revision(rev: str, tmp: Path) -> Path:
     return folder
 
 
+def empty_redis_db(settings: Settings) -> None:
+    """Empty a run's own Redis database (1-15, tests/harness.py). Vectors an earlier run left there with later
+    event times would turn this run's writes into skipped ones, which cost Redis almost nothing."""
+    import redis
+
+    if settings.redis_url.rstrip("/").rsplit("/", 1)[-1] in ("", "0"):
+        raise ValueError(f"not a run's own Redis database: {settings.redis_url}")
+    redis.Redis.from_url(settings.redis_url).flushdb()
+
+
 def measure(base: Settings, tmp: Path, args: argparse.Namespace, n_workers: int, label: str = "",
             overrides: dict | None = None, code_dir: Path = REPO) -> None:
     """One configuration on fresh topics: ceiling, backlog rate, CPU, then latency at each offered rate."""
@@ -272,6 +282,7 @@ def measure(base: Settings, tmp: Path, args: argparse.Namespace, n_workers: int,
     if args.lake == "file":
         settings = settings.model_copy(update={"lake_uri": f"file://{tmp}/{unique}/lake"})
     ensure_topics(settings)
+    empty_redis_db(settings)
     workers = []
     try:
         start_ms = int(time.time() * 1000) - (args.events // args.patients + 1) * 60_000
