@@ -82,7 +82,8 @@ def test_redis_ping_set_get(stack, unique):
     # The online store's persistence and hash encoding (vitalstream/stack/services.py: Redis).
     config = client.config_get("*")
     assert config["appendonly"] == "yes" and config["hash-max-listpack-entries"] == "128"
-    assert int(config["auto-aof-rewrite-min-size"]) == 1 << 30
+    assert int(config["auto-aof-rewrite-min-size"]) == 1 << 30, \
+        "a Redis started before this setting: `vitalstream stack down && vitalstream stack up` applies it"
 
 
 def test_postgres_query(stack):
