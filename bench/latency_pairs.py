@@ -17,39 +17,31 @@ import asyncio
 import sys
 import tempfile
 import time
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pydantic import TypeAdapter  # noqa: E402
-from stream_throughput import (REPO, delete_run_topics, empty_redis_db, export_revision,  # noqa: E402
-                               live_latency, produce_all, scrape_metrics, vitals_payloads, wait_redis_quiet)
+from stream_throughput import (REPO, end_run, export_revision, live_latency, new_run, produce_all,  # noqa: E402
+                               scrape_metrics, vitals_payloads, wait_ready, wait_redis_quiet)
 from streams import topics  # noqa: E402
-from streams.topics import ensure_topics  # noqa: E402
-from tests.harness import WorkerProcess, isolated_settings, wait_for  # noqa: E402
+from tests.harness import WorkerProcess, wait_for  # noqa: E402
 from vitalstream.settings import Settings  # noqa: E402
 
 
 def one_run(base: Settings, tmp: Path, args: argparse.Namespace, overrides: dict, code_dir: Path) -> str:
     """A worker on fresh topics: its backlog rate, or its latency at the rate after a warm-up."""
-    unique = uuid.uuid4().hex[:8]
-    (tmp / unique).mkdir(parents=True)
-    settings = isolated_settings(base, unique, tmp / unique, partitions=args.partitions).model_copy(update=overrides)
-    if args.lake == "file":
-        settings = settings.model_copy(update={"lake_uri": f"file://{tmp}/{unique}/lake"})
-    ensure_topics(settings)
-    empty_redis_db(settings)
-    worker = None
+    settings, folder = new_run(base, tmp, args, overrides)
+    workers: list[WorkerProcess] = []
     try:
         now_ms = int(time.time() * 1000)
         if args.backlog:  # one reading per patient per minute, ending now (as bench/stream_throughput.py does)
             start_ms = now_ms - (args.backlog // args.patients + 1) * 60_000
             asyncio.run(produce_all(settings, vitals_payloads(args.backlog, args.patients, start_ms)))
-        worker = WorkerProcess(settings, tmp / unique / "worker.log", code_dir).start()
-        wait_for(lambda: "Worker ready" in worker.log_text() or worker.proc.poll() is not None, 120, "the worker")
-        assert worker.proc.poll() is None, worker.log_text()[-3000:]
+        worker = WorkerProcess(settings, folder / "worker.log", code_dir).start()
+        workers.append(worker)
+        wait_ready(worker)
         if args.backlog:
             key = f'vitalstream_events_in_total{{topic="{topics.VITALS}"}}'
             consumed = lambda: scrape_metrics(settings).get(key, 0.0)  # noqa: E731
@@ -63,12 +55,7 @@ def one_run(base: Settings, tmp: Path, args: argparse.Namespace, overrides: dict
         p50, p99, n, machine = live_latency(settings, [worker], args.rate, args.seconds, args.patients)
         return f"p50 {p50:6.1f} ms   p99 {p99:6.1f} ms   ({n:,} events; {machine.split(';')[0]})"
     finally:
-        if worker is not None:
-            worker.stop()
-        try:
-            asyncio.run(delete_run_topics(settings))
-        except Exception as exc:  # a leftover run is a nuisance, not a reason to hide the run's own error
-            print(f"(could not delete this run's topics: {exc!r})", file=sys.stderr)
+        end_run(settings, workers)
 
 
 def main() -> int:

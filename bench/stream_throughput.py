@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import subprocess
@@ -37,6 +38,7 @@ import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, AsyncIterator
 
 import numpy as np
 import orjson
@@ -272,18 +274,43 @@ def empty_redis_db(settings: Settings) -> None:
     redis.Redis.from_url(settings.redis_url).flushdb()
 
 
+def new_run(base: Settings, tmp: Path, args: argparse.Namespace, overrides: dict | None = None) -> tuple[Settings, Path]:
+    """A run's own settings and folder: fresh topics (created), its own Redis database (emptied), its lake (the
+    stack's S3 server, or a local folder with `--lake file`)."""
+    unique = uuid.uuid4().hex[:8]
+    folder = tmp / unique
+    folder.mkdir(parents=True)
+    settings = isolated_settings(base, unique, folder, partitions=args.partitions).model_copy(update=overrides or {})
+    if args.lake == "file":
+        settings = settings.model_copy(update={"lake_uri": f"file://{folder}/lake"})
+    ensure_topics(settings)
+    empty_redis_db(settings)
+    return settings, folder
+
+
+def end_run(settings: Settings, workers: list[WorkerProcess]) -> None:
+    """Stop a run's workers and delete its topics."""
+    for w in workers:
+        w.stop()
+    try:
+        asyncio.run(delete_run_topics(settings))
+    except Exception as exc:  # a leftover run is a nuisance, not a reason to hide the run's own error
+        print(f"(could not delete this run's topics: {exc!r})", file=sys.stderr)
+
+
+def wait_ready(worker: WorkerProcess) -> None:
+    """Faust logs "Worker]: Ready" once, and not at all for a worker whose first assignment a rebalance cut short;
+    every completed recovery logs "Worker ready"."""
+    wait_for(lambda: "Worker ready" in worker.log_text() or worker.proc.poll() is not None, 120,
+             "the worker to be ready")
+    assert worker.proc.poll() is None, worker.log_text()[-3000:]
+
+
 def measure(base: Settings, tmp: Path, args: argparse.Namespace, n_workers: int, label: str = "",
             overrides: dict | None = None, code_dir: Path = REPO) -> None:
     """One configuration on fresh topics: ceiling, backlog rate, CPU, then latency at each offered rate."""
-    unique = uuid.uuid4().hex[:8]
-    (tmp / unique).mkdir(parents=True)
-    settings = isolated_settings(base, unique, tmp / unique, partitions=args.partitions)
-    settings = settings.model_copy(update=overrides or {})
-    if args.lake == "file":
-        settings = settings.model_copy(update={"lake_uri": f"file://{tmp}/{unique}/lake"})
-    ensure_topics(settings)
-    empty_redis_db(settings)
-    workers = []
+    settings, folder = new_run(base, tmp, args, overrides)
+    workers: list[WorkerProcess] = []
     try:
         start_ms = int(time.time() * 1000) - (args.events // args.patients + 1) * 60_000
         payloads = vitals_payloads(args.events, args.patients, start_ms)
@@ -293,14 +320,10 @@ def measure(base: Settings, tmp: Path, args: argparse.Namespace, n_workers: int,
         print(f"produce (aiokafka, acks=1):            {args.events / secs:>10,.0f} events/s")
         print(f"raw aiokafka consume + json parse:     {raw:>10,.0f} events/s   (ceiling)")
         for i in range(n_workers):
-            s = settings if i == 0 else another_worker(settings, tmp / unique / f"worker-data-{i}")
-            workers.append(WorkerProcess(s, tmp / unique / f"worker{i}.log", code_dir).start())
-        # Faust logs "Worker]: Ready" once, and not at all for a worker whose first assignment a rebalance
-        # cut short; every completed recovery logs "Worker ready".
+            s = settings if i == 0 else another_worker(settings, folder / f"worker-data-{i}")
+            workers.append(WorkerProcess(s, folder / f"worker{i}.log", code_dir).start())
         for w in workers:
-            wait_for(lambda w=w: "Worker ready" in w.log_text() or w.proc.poll() is not None, 120,
-                     "the worker to be ready")
-            assert w.proc.poll() is None, w.log_text()[-3000:]
+            wait_ready(w)
         rate, cpu_us, cores = drain_backlog(settings, workers, args.events)
         print(f"workers, every sink on (backlog):      {rate:>10,.0f} events/s   ({rate / raw:.1%} of the ceiling)")
         print(f"worker CPU (all processes, threads):   {cpu_us:>10,.0f} us/event   ({cores:.2f} cores busy)")
@@ -310,42 +333,37 @@ def measure(base: Settings, tmp: Path, args: argparse.Namespace, n_workers: int,
             print(f"arrival->Redis latency at {offered:>5,.0f}/s:  p50 {_ms(p50)} ms   p99 {_ms(p99)} ms   ({n:,} events)")
             print(f"    {machine}")
     finally:
-        for w in workers:
-            w.stop()
-        try:
-            asyncio.run(delete_run_topics(settings))
-        except Exception as exc:  # a leftover run is a nuisance, not a reason to hide the run's own error
-            print(f"(could not delete this run's topics: {exc!r})", file=sys.stderr)
+        end_run(settings, workers)
 
 
-async def broker_topics(settings: Settings) -> list[str]:
+@contextlib.asynccontextmanager
+async def kafka_admin(settings: Settings) -> AsyncIterator[Any]:
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
-        return list(await admin.list_topics())
+        yield admin
     finally:
         await admin.close()
+
+
+async def broker_topics(settings: Settings) -> list[str]:
+    async with kafka_admin(settings) as admin:
+        return list(await admin.list_topics())
 
 
 async def delete_run_topics(settings: Settings) -> None:
     """Delete one configuration's topics (its prefix, and its Faust app's internal topics). Left behind, each
     run's ~40 partitions add to the broker's background work and to later runs' figures: a broker holding
     ~3,600 partition directories left by earlier sessions used ~0.5 cores at 2,000 events/s."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
     if not settings.topic_prefix.strip(".") or not settings.app_id:  # every topic would match
         raise ValueError("only a run with its own topic prefix and app id deletes its topics")
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
+    async with kafka_admin(settings) as admin:
         names = [t for t in await admin.list_topics()
                  if t.startswith((settings.topic_prefix, f"{settings.app_id}-")) and not t.startswith("__")]
         if names:
             await admin.delete_topics(names)
-    finally:
-        await admin.close()
 
 
 def main() -> int:
